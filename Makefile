@@ -1,0 +1,31 @@
+# Two entry points on a fresh machine with only python3: `make train` and `make test`.
+# TORCH_SPEC picks the torch build; GPU users pass e.g. TORCH_SPEC="torch==2.5.1" or an index URL via PIP_ARGS.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+PIP_ARGS ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint clean-venv
+
+# The stamp depends on pyproject.toml, so a second call does not reinstall and a dependency change does.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q $(PIP_ARGS) -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/gptframe-train $(ARGS)
+	$(BIN)/gptframe-generate ckpt=outputs/default/checkpoints/last.ckpt prompt="ROMEO:" max_new_tokens=200
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check gptframe data_pipelines tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

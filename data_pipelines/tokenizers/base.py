@@ -1,0 +1,118 @@
+"""The one tokenizer interface every kind implements.
+
+A tokenizer is fully described by a few small files (`to_files`): they are saved into the run dir and embedded in every
+checkpoint, so a checkpoint alone can encode prompts and decode samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import ClassVar
+
+from data_pipelines.errors import TokenizerError
+
+META_FILE = "gptframe_tokenizer.json"
+
+
+class Tokenizer(ABC):
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None:
+        return None
+
+    @property
+    def eos_id(self) -> int | None:
+        return None
+
+    @property
+    def pad_id(self) -> int | None:
+        return None
+
+    @property
+    def unk_id(self) -> int | None:
+        return None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode_batch(self, batch: list[list[int]]) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+    @abstractmethod
+    def _state(self) -> tuple[dict, dict[str, bytes]]:
+        """(json-able metadata, extra binary files) that fully describe this tokenizer."""
+
+    @classmethod
+    @abstractmethod
+    def _from_state(cls, meta: dict, files: dict[str, bytes]) -> Tokenizer: ...
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        ids = {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, "unk": self.unk_id}
+        return {k: v for k, v in ids.items() if v is not None}
+
+    def to_files(self) -> dict[str, bytes]:
+        meta, files = self._state()
+        meta = {"kind": self.kind, "vocab_size": self.vocab_size, "special_ids": self.special_ids, **meta}
+        return {META_FILE: json.dumps(meta, indent=1, sort_keys=True).encode(), **files}
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for name, data in sorted(self.to_files().items()):
+            h.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        return h.hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, data in self.to_files().items():
+            tmp = directory / (name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(directory / name)
+        return directory
+
+    def identity(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "fingerprint": self.fingerprint}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, special_ids={self.special_ids})"
+
+
+def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
+    from data_pipelines.tokenizers import TOKENIZER_KINDS
+
+    if META_FILE not in files:
+        raise TokenizerError(f"not a gptframe tokenizer: {META_FILE} is missing")
+    meta = json.loads(files[META_FILE])
+    kind = meta.get("kind")
+    if kind not in TOKENIZER_KINDS:
+        raise TokenizerError(f"unknown tokenizer kind {kind!r} (known: {sorted(TOKENIZER_KINDS)})")
+    return TOKENIZER_KINDS[kind]._from_state(meta, {k: v for k, v in files.items() if k != META_FILE})
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer saved by `Tokenizer.save` (a directory), or a SentencePiece `.model` file."""
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".model":
+        from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
+
+        return SentencePieceTokenizer.from_model_proto(path.read_bytes())
+    if not (path / META_FILE).is_file():
+        raise TokenizerError(f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir nor a SentencePiece .model")
+    return tokenizer_from_files({f.name: f.read_bytes() for f in path.iterdir() if f.is_file()})

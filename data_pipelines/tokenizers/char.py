@@ -1,0 +1,67 @@
+"""One id per character, as nanoGPT's shakespeare_char: the vocabulary is the sorted set of characters in the corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from data_pipelines.errors import TokenizerError
+from data_pipelines.tokenizers.base import Tokenizer
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+class CharTokenizer(Tokenizer):
+    kind = "char"
+
+    def __init__(self, chars: list[str], with_eos: bool = False):
+        self.chars = sorted(set(chars))
+        self.with_eos = with_eos
+        self._codepoints = np.array([ord(c) for c in self.chars], dtype=np.uint32)
+        self._itos = list(self.chars) + ([EOS_TOKEN] if with_eos else [])
+
+    @classmethod
+    def train(cls, texts: Iterable[str], with_eos: bool) -> CharTokenizer:
+        """with_eos: the corpus has several documents, so an end-of-text id separates them."""
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise TokenizerError("cannot build a char vocabulary from empty text")
+        return cls(sorted(seen), with_eos)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    @property
+    def eos_id(self) -> int | None:
+        return len(self.chars) if self.with_eos else None
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
+        """Vectorised lookup: about 100x faster than a dict per character on large chunks."""
+        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._codepoints, cps)
+        ids_clipped = np.minimum(ids, len(self._codepoints) - 1)
+        unknown = self._codepoints[ids_clipped] != cps
+        if unknown.any():
+            bad = sorted({chr(c) for c in cps[unknown][:20]})
+            raise TokenizerError(f"characters {bad} are not in the char vocabulary of {len(self.chars)} characters")
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        try:
+            return "".join(self._itos[i] for i in ids)
+        except IndexError:
+            raise TokenizerError(f"token id out of range for a char vocabulary of {self.vocab_size}") from None
+
+    def _state(self) -> tuple[dict, dict[str, bytes]]:
+        return {"chars": self.chars, "with_eos": self.with_eos}, {}
+
+    @classmethod
+    def _from_state(cls, meta: dict, files: dict[str, bytes]) -> CharTokenizer:
+        return cls(meta["chars"], meta["with_eos"])

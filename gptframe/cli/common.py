@@ -1,0 +1,67 @@
+"""What every CLI shares: where the config tree is, and turning bad input into one clear error."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from data_pipelines.errors import UserInputError
+
+
+def config_dir() -> str:
+    """conf/ at the repository root (editable install), or the copy a wheel carries inside the package."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"gptframe config tree not found next to {package}")
+
+
+def is_fresh_run_dir(run_dir: Path) -> bool:
+    """True if the dir holds nothing but what Hydra wrote on start-up (so it is ours to remove on failure)."""
+    return not run_dir.exists() or all(p.name in (".hydra",) for p in run_dir.iterdir())
+
+
+@contextlib.contextmanager
+def user_errors_exit(program: str, run_dir: Path | None = None):
+    """Bad input -> one line on stderr, exit code 2, and no half-made run dir left behind."""
+    fresh = run_dir is not None and is_fresh_run_dir(run_dir)
+    try:
+        yield
+    except (UserInputError, FileNotFoundError) as e:
+        if fresh and run_dir is not None and not (run_dir / "checkpoints").exists():
+            logging.shutdown()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        print(f"{program}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def tidy_lightning_logging() -> None:
+    """Lightning adds its own stderr handler at import although Hydra configured the root logger: one copy is enough."""
+    import lightning  # noqa: F401  (the handler is added on import)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropAdverts())
+    # expected on resume / harmless upstream deprecations: keep the console for what matters
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+
+
+def add_file_log(run_dir: Path, name: str) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / name)
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
+    handler.addFilter(_DropAdverts())
+    logging.getLogger().addHandler(handler)

@@ -1,0 +1,76 @@
+"""gptframe-generate ckpt=PATH prompt="ROMEO:" max_new_tokens=200 temperature=0.8 top_k=200 do_sample=true ...
+
+Arguments are key=value like Hydra overrides, checked against GenerateConfig (unknown keys and bad types fail),
+but values are taken verbatim, so prompts may hold colons, spaces and quotes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+import torch
+from omegaconf import OmegaConf
+
+from gptframe.cli.common import user_errors_exit
+from gptframe.config import GenerateConfig
+from gptframe.errors import ConfigError
+
+PROGRAM = "gptframe-generate"
+
+
+def parse_args(argv: list[str]) -> GenerateConfig:
+    cfg = OmegaConf.structured(GenerateConfig)
+    known = {f.name for f in fields(GenerateConfig)}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value, got {arg!r} (keys: {', '.join(sorted(known))})")
+        if key not in known:
+            raise ConfigError(f"unknown argument {key!r} (keys: {', '.join(sorted(known))})")
+        try:
+            cfg[key] = None if value.lower() in ("null", "none") and key not in ("prompt",) else value
+        except Exception as e:
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except Exception as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    with user_errors_exit(PROGRAM):
+        cfg = parse_args(sys.argv[1:] if argv is None else argv)
+        from gptframe.inference.generate import TextStreamer, generate_tokens
+        from gptframe.inference.pipelines import resolve_device
+        from gptframe.training.checkpoints import model_from_checkpoint
+
+        device = resolve_device(cfg.device)
+        model, tokenizer, _ = model_from_checkpoint(cfg.ckpt, device)
+        prompt_ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        for i in range(cfg.num_samples):
+            if cfg.num_samples > 1:
+                print(f"--- sample {i + 1}/{cfg.num_samples}")
+            streamer = TextStreamer(tokenizer.decode)
+            sys.stdout.write(cfg.prompt)
+            for token in generate_tokens(
+                model, prompt_ids, cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
+                top_k=cfg.top_k, top_p=cfg.top_p, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
+                generator=generator,
+            ):
+                token = int(token[0])
+                if token == tokenizer.eos_id:
+                    break
+                delta = streamer.put(token)
+                if delta and cfg.stream:
+                    sys.stdout.write(delta)
+                    sys.stdout.flush()
+            if not cfg.stream:
+                sys.stdout.write(tokenizer.decode(streamer.ids))
+            sys.stdout.write(streamer.end() + "\n")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

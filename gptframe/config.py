@@ -1,0 +1,156 @@
+"""Structured configs: the typed schema of every group in `conf/`.
+
+`conf/train.yaml` extends `train_schema`; polymorphic groups (`model`, `task`) name their schema in each option file
+(`defaults: [gpt_schema]`). An unknown key or a wrong type therefore fails while Hydra composes the config, before any
+work starts; value checks (`__post_init__`) run in `to_typed`, still before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from data_pipelines import RESOURCES
+from data_pipelines.config import DataConfig, TokenizerConfig
+from gptframe.errors import ConfigError
+from gptframe.models.gpt import GPTConfig
+
+
+@dataclass
+class CausalLMTaskConfig:
+    """Causal-LM pretraining: AdamW, linear warmup then cosine decay to min_lr."""
+
+    name: str = "clm"
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    lr_decay_steps: Optional[int] = None  # None: trainer.max_steps
+
+    def __post_init__(self) -> None:
+        if self.name != "clm":
+            raise ValueError(f"task.name must be 'clm' for CausalLMTaskConfig, got {self.name!r}")
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ValueError(f"need 0 <= task.min_lr <= task.lr and task.lr > 0, got lr={self.lr} min_lr={self.min_lr}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"task.betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.warmup_steps < 0 or self.weight_decay < 0:
+            raise ValueError("task.warmup_steps and task.weight_decay must be >= 0")
+        if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
+            raise ValueError(f"task.lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
+    devices: Any = "auto"  # int, list of ids, or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"  # auto (bf16-mixed on bf16-capable GPUs, else 32) | 32 | bf16-mixed | 16-mixed | bf16-true
+    max_steps: int = 2000  # optimizer steps
+    val_check_interval: int = 250  # optimizer steps between evaluations
+    eval_batches: Optional[int] = 20  # batches per periodic evaluation; None: the whole val split
+    final_eval_batches: Optional[int] = None  # batches of the evaluation after training; None: the whole val split
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float = 1.0  # max grad norm; 0 disables clipping
+    log_every_n_steps: int = 10
+    checkpoint_every_n_steps: Optional[int] = None  # also keep a checkpoint every N steps
+    compile: bool = False  # torch.compile the model
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps", "num_nodes")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
+        if self.precision not in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true"):
+            raise ValueError(f"trainer.precision must be auto|32|bf16-mixed|16-mixed|bf16-true, got {self.precision!r}")
+        if self.gradient_clip_val < 0:
+            raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"  # csv
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("csv",):
+            raise ValueError(f"logger.kind must be 'csv', got {self.kind!r}")
+
+
+@dataclass
+class TrainConfig:
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None  # a schema of the `model` group (GPTConfig)
+    task: Any = None  # a schema of the `task` group (CausalLMTaskConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    name: str = "default"  # run name; the run dir is outputs/<name> unless hydra.run.dir is set
+    seed: int = 1337
+    resume: Optional[str] = "auto"  # auto: continue from <run dir>/checkpoints/last.ckpt if it exists | null | PATH
+
+
+@dataclass
+class GenerateConfig:
+    ckpt: str = "???"  # a gptframe checkpoint (.ckpt)
+    prompt: str = "\n"
+    max_new_tokens: int = 200
+    temperature: float = 0.8
+    top_k: Optional[int] = 200
+    top_p: float = 1.0
+    do_sample: bool = True
+    seed: int = 1337
+    num_samples: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    stream: bool = True  # print tokens as they are produced
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0 or self.num_samples < 1:
+            raise ValueError("max_new_tokens must be >= 0 and num_samples >= 1")
+        if self.temperature <= 0 and self.do_sample:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or null, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="gpt_schema", node=GPTConfig)
+    cs.store(group="task", name="clm_schema", node=CausalLMTaskConfig)
+    if not OmegaConf.has_resolver("bundled"):
+        OmegaConf.register_new_resolver("bundled", lambda name: str(RESOURCES / name))
+
+
+def to_typed(cfg: DictConfig) -> TrainConfig:
+    """The composed config as dataclass objects, with every value check run. Raises ConfigError."""
+    try:
+        typed = OmegaConf.to_object(cfg)
+    except Exception as e:  # ValueError from __post_init__, or omegaconf's missing/validation errors
+        raise ConfigError(f"invalid config: {_describe(e)}") from None
+    if not isinstance(typed.model, GPTConfig):
+        raise ConfigError("model: pick a model config (e.g. model=gpt_nano); it must extend a model schema")
+    if not isinstance(typed.task, CausalLMTaskConfig):
+        raise ConfigError("task: pick a task config (e.g. task=clm)")
+    return typed
+
+
+def _describe(e: Exception) -> str:
+    msg = str(e).strip()
+    # omegaconf errors carry several lines of context; the first names the problem and the key
+    full_key = getattr(e, "full_key", None)
+    first = msg.splitlines()[0] if msg else type(e).__name__
+    return f"{first} (key: {full_key})" if full_key and full_key not in first else first

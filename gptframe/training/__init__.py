@@ -1,0 +1,1 @@
+"""Training plumbing around the plain models: trainer, callbacks, checkpoints, parallelize, the run itself."""
