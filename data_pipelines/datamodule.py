@@ -56,6 +56,9 @@ class CausalLMDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # its own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
+            # run (which creates one more iterator) would diverge from the uninterrupted one
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -133,12 +133,15 @@ def _open_text(description: str, files: list[Path]) -> Corpus:
         with open(path, "rb") as f:
             while True:
                 block = f.read(_READ_BYTES)
+                pending = decoder.getstate()[0]  # bytes of an unfinished character from the previous block
                 try:
                     n_chars += len(decoder.decode(block, final=not block))
                 except UnicodeDecodeError as e:
-                    bad = block[e.start] if e.start < len(block) else 0
+                    seen = pending + block
+                    bad = seen[e.start]
                     raise DataError(
-                        f"{path} is not UTF-8 text: invalid byte 0x{bad:02x} at byte offset {offset + e.start}; "
+                        f"{path} is not UTF-8 text: invalid byte 0x{bad:02x} at byte offset "
+                        f"{offset - len(pending) + e.start}; "
                         "convert it to UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or remove it from data.path"
                     ) from None
                 if not block:
