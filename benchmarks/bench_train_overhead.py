@@ -43,8 +43,10 @@ Usage (from the repository root)::
     .venv/bin/python benchmarks/bench_train_overhead.py --steps 400 --rounds 5 --out /tmp/overhead.json
 
 The timings are only meaningful on an otherwise idle machine: on 2 cores a second PyTorch process oversubscribes the
-intra-op thread pool and slows both sides by large, erratic factors. The script prints the load average before each
-measurement and records it in the JSON.
+intra-op thread pools and makes steps up to ~100x slower. So before each measurement the script waits (up to
+`--wait-idle` seconds, default 600) until no other process uses more than 20% of a core, and while it runs it samples
+the CPU used by processes outside the benchmark; the table's last column ("other CPU", in cores, plain/framework) and
+the JSON (`other_cpu_mean`, `other_cpu_max`, `others`) show whether a measurement was disturbed.
 """
 
 from __future__ import annotations
@@ -53,7 +55,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -61,6 +62,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import CpuWatch, machine_info, wait_until_idle  # noqa: E402
 
 BATCH_SIZE = 12
 BLOCK_SIZE = 64
@@ -222,46 +226,16 @@ def read_throughput_windows(path: Path) -> list[tuple[int, float]]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def busy_processes() -> list[str]:
-    """Other heavy python processes (tests, training runs) that would skew the timings."""
-    out = subprocess.run(["ps", "-eo", "pid,pcpu,args"], capture_output=True, text=True).stdout.splitlines()[1:]
-    me = {os.getpid(), os.getppid()}
-    found = []
-    for line in out:
-        pid, pcpu, args = line.strip().split(None, 2)
-        if int(pid) in me or "bench_train_overhead" in args:
-            continue
-        if ("pytest" in args or "gptframe-" in args or "python" in args) and float(pcpu) > 20:
-            found.append(f"{pid} {pcpu}% {args[:100]}")
-    return found
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=400, help="optimizer steps per measurement (default 400)")
     p.add_argument("--warmup", type=int, default=50, help="untimed steps at the start of each (default 50)")
     p.add_argument("--rounds", type=int, default=3, help="plain/framework pairs (default 3)")
     p.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
+    p.add_argument(
+        "--wait-idle", type=float, default=600, help="before each measurement, wait up to this many seconds for other "
+        "busy processes to finish (default 600)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary run dirs (printed)")
     p.add_argument("--worker", choices=["plain"], help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -280,27 +254,35 @@ def main() -> None:
 
     prepare(DataConfig(path=str(TINY_SHAKESPEARE), cache_dir=str(cache_dir)), TokenizerConfig(kind="char"))  # once
 
-    info = machine()
-    print(f"machine: {info['cpu']} | {info['cores']} cores | python {info['python']} | torch {info['torch']}")
+    info = machine_info()
+    print(
+        f"machine: {info['cpu']} | {info['cores']} cores | {info['mem_gb']} GB | python {info['python']} | "
+        f"torch {info['torch']} ({info['torch_threads']} threads)"
+    )
     print(f"steps {args.steps} (timed: {args.warmup + 1}..{args.steps}), {TOKENS_PER_STEP} tokens/step, {args.rounds} rounds")
-    busy = busy_processes()
-    if busy:
-        print("WARNING: other busy processes, timings will be skewed:\n  " + "\n  ".join(busy))
+
+    def measure(fn, *fn_args) -> dict:
+        waited, busy = wait_until_idle(args.wait_idle)
+        if busy:
+            print("WARNING: measuring although other processes are busy:\n  " + "\n  ".join(busy), flush=True)
+        load1 = os.getloadavg()[0]
+        with CpuWatch() as watch:
+            result = fn(*fn_args)
+        result.update(watch.summary(), load1_before=load1, waited_for_idle_s=round(waited, 1))
+        return result
 
     rounds = []
     t_start = time.perf_counter()
     try:
         for r in range(args.rounds):
-            load_plain = os.getloadavg()[0]
-            plain = run_plain(args.steps, args.warmup, cache_dir)
-            load_fw = os.getloadavg()[0]
-            fw = run_framework(args.steps, args.warmup, tmp / f"fw-{r}", cache_dir, tmp)
+            plain = measure(run_plain, args.steps, args.warmup, cache_dir)
+            fw = measure(run_framework, args.steps, args.warmup, tmp / f"fw-{r}", cache_dir, tmp)
             ratio = fw["ms_per_step"] / plain["ms_per_step"]
-            rounds.append({"round": r + 1, "plain": plain, "framework": fw, "ratio": ratio,
-                           "load1_before": {"plain": load_plain, "framework": load_fw}})
+            rounds.append({"round": r + 1, "plain": plain, "framework": fw, "ratio": ratio})
             print(
                 f"round {r + 1}: plain {plain['ms_per_step']:.2f} ms/step | framework {fw['ms_per_step']:.2f} ms/step | "
-                f"ratio {ratio:.3f} | load1 {load_plain:.2f}/{load_fw:.2f}",
+                f"ratio {ratio:.3f} | other processes' CPU (mean cores) {plain['other_cpu_mean']:.2f} / "
+                f"{fw['other_cpu_mean']:.2f}",
                 flush=True,
             )
     finally:
@@ -317,7 +299,7 @@ def main() -> None:
         "framework_tokens_per_s": statistics.median(r["framework"]["tokens_per_s"] for r in rounds),
         "ratio": statistics.median(r["ratio"] for r in rounds),
     }
-    head = f"{'round':>6} | {'plain ms/step':>13} | {'plain tok/s':>11} | {'fw ms/step':>10} | {'fw tok/s':>9} | {'fw/plain':>8}"
+    head = f"{'round':>6} | {'plain ms/step':>13} | {'plain tok/s':>11} | {'fw ms/step':>10} | {'fw tok/s':>9} | {'fw/plain':>8} | {'other CPU':>12}"
     print()
     print(head)
     print("-" * len(head))
@@ -325,7 +307,7 @@ def main() -> None:
         pl, fw = r["plain"], r["framework"]
         print(
             f"{r['round']:>6} | {pl['ms_per_step']:>13.2f} | {pl['tokens_per_s']:>11.0f} | {fw['ms_per_step']:>10.2f} | "
-            f"{fw['tokens_per_s']:>9.0f} | {r['ratio']:>8.3f}"
+            f"{fw['tokens_per_s']:>9.0f} | {r['ratio']:>8.3f} | {pl['other_cpu_mean']:>5.2f}/{fw['other_cpu_mean']:<6.2f}"
         )
     print(
         f"{'median':>6} | {med['plain_ms_per_step']:>13.2f} | {med['plain_tokens_per_s']:>11.0f} | "

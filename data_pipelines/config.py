@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 
 @dataclass
 class TokenizerConfig:
     kind: str = "sentencepiece"  # char | sentencepiece
-    path: Optional[str] = None  # load this saved tokenizer (dir or .model) instead of training one
+    path: str | None = None  # load this saved tokenizer (dir or .model) instead of training one
     vocab_size: int = 2048  # sentencepiece: size to train
     model_type: str = "bpe"  # sentencepiece: bpe | unigram
     byte_fallback: bool = True  # sentencepiece: unseen characters become UTF-8 bytes, never <unk>
@@ -35,7 +34,7 @@ class DataConfig:
     cache_dir: str = "~/.cache/gptframe"
     num_proc: int = 0  # tokenizer processes; 0 = one per core (at most 8)
     batch_size: int = 12  # sequences per device per micro-batch
-    block_size: Optional[int] = None  # sequence length; None = the model's context length
+    block_size: int | None = None  # sequence length; None = the model's context length
     num_workers: int = 0  # DataLoader worker processes
 
     def __post_init__(self) -> None:

@@ -25,7 +25,13 @@ from filelock import FileLock
 from data_pipelines.config import DataConfig, TokenizerConfig
 from data_pipelines.errors import DataError, TokenizerError
 from data_pipelines.sources import TEXT_CHUNK_CHARS, Corpus, Split, open_corpus
-from data_pipelines.tokenizers import CharTokenizer, SentencePieceTokenizer, Tokenizer, load_tokenizer, tokenizer_from_files
+from data_pipelines.tokenizers import (
+    CharTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    load_tokenizer,
+    tokenizer_from_files,
+)
 
 log = logging.getLogger(__name__)
 

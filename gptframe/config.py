@@ -8,7 +8,7 @@ work starts; value checks (`__post_init__`) run in `to_typed`, still before anyt
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -30,7 +30,7 @@ class CausalLMTaskConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     warmup_steps: int = 100
-    lr_decay_steps: Optional[int] = None  # None: trainer.max_steps
+    lr_decay_steps: int | None = None  # None: trainer.max_steps
 
     def __post_init__(self) -> None:
         if self.name != "clm":
@@ -54,12 +54,12 @@ class TrainerConfig:
     precision: str = "auto"  # auto (bf16-mixed on bf16-capable GPUs, else 32) | 32 | bf16-mixed | 16-mixed | bf16-true
     max_steps: int = 2000  # optimizer steps
     val_check_interval: int = 250  # optimizer steps between evaluations
-    eval_batches: Optional[int] = 20  # batches per periodic evaluation; None: the whole val split
-    final_eval_batches: Optional[int] = None  # batches of the evaluation after training; None: the whole val split
+    eval_batches: int | None = 20  # batches per periodic evaluation; None: the whole val split
+    final_eval_batches: int | None = None  # batches of the evaluation after training; None: the whole val split
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0  # max grad norm; 0 disables clipping
     log_every_n_steps: int = 10
-    checkpoint_every_n_steps: Optional[int] = None  # also keep a checkpoint every N steps
+    checkpoint_every_n_steps: int | None = None  # also keep a checkpoint every N steps
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -98,7 +98,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     name: str = "default"  # run name; the run dir is outputs/<name> unless hydra.run.dir is set
     seed: int = 1337
-    resume: Optional[str] = "auto"  # auto: continue from <run dir>/checkpoints/last.ckpt if it exists | null | PATH
+    resume: str | None = "auto"  # auto: continue from <run dir>/checkpoints/last.ckpt if it exists | null | PATH
 
 
 @dataclass
@@ -107,7 +107,7 @@ class GenerateConfig:
     prompt: str = "\n"
     max_new_tokens: int = 200
     temperature: float = 0.8
-    top_k: Optional[int] = 200
+    top_k: int | None = 200
     top_p: float = 1.0
     do_sample: bool = True
     seed: int = 1337

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 class GPTConfig:
     arch: str = "gpt"
     block_size: int = 1024  # context length
-    vocab_size: Optional[int] = None  # None: the tokenizer's vocab size (padded, see below)
+    vocab_size: int | None = None  # None: the tokenizer's vocab size (padded, see below)
     pad_vocab_size_multiple: int = 1  # 64 makes the LM head matmul faster on GPUs (GPT-2: 50257 -> 50304)
     n_layer: int = 12
     n_head: int = 12

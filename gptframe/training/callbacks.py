@@ -78,10 +78,10 @@ class MetricsHistory(L.Callback):
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        if self.train:
-            ax.plot(*zip(*self.train), label="train loss", linewidth=1, alpha=0.8)
-        if self.val:
-            ax.plot(*zip(*self.val), label="val loss", marker="o", linewidth=2)
+        for points, label, style in ((self.train, "train loss", {"linewidth": 1, "alpha": 0.8}),
+                                     (self.val, "val loss", {"marker": "o", "linewidth": 2})):
+            if points:
+                ax.plot([s for s, _ in points], [loss for _, loss in points], label=label, **style)
         ax.set_xlabel("step")
         ax.set_ylabel("cross-entropy (nats/token)")
         ax.set_title(title)

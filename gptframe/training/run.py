@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.datamodule import CausalLMDataModule

@@ -86,3 +86,10 @@ def test_sentencepiece_run_with_bf16_mixed(tmp_path, cache_dir):
                      "trainer.max_steps=20", "trainer.precision=bf16-mixed", "model.pad_vocab_size_multiple=64")
     assert summary["tokenizer"]["kind"] == "sentencepiece" and summary["precision"] == "bf16-mixed"
     assert math.isfinite(summary["val_loss"])
+
+
+def test_compiled_model_trains_and_checkpoints_plain_names(tmp_path, cache_dir):
+    summary = _train(tmp_path, cache_dir, "trainer.compile=true", "trainer.max_steps=10", "trainer.val_check_interval=5")
+    assert summary["step"] == 10 and math.isfinite(summary["val_loss"])
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert "model.transformer.wte.weight" in state and not any("_orig_mod" in k for k in state)

@@ -92,6 +92,12 @@ def test_jsonl_csv_and_saved_dataset_sources(tmp_path):
 
     import datasets
 
+    parquet = tmp_path / "d.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    _, d_parquet = prepare(_cfg(parquet, tmp_path / "c4"), CHAR)
+    assert d_parquet.index["source"]["format"] == "parquet"
+    assert d_parquet.index["num_tokens"] == d_json.index["num_tokens"]
+
     saved = tmp_path / "saved"
     datasets.Dataset.from_list(rows).save_to_disk(str(saved))
     _, d_arrow = prepare(_cfg(saved, tmp_path / "c3"), CHAR)
@@ -120,7 +126,7 @@ def test_empty_corpus_is_a_clear_error(tmp_path):
 
 def test_non_utf8_bytes_are_a_clear_error_naming_the_path(tmp_path):
     bad = tmp_path / "latin1.txt"
-    bad.write_bytes("good text\n".encode() * 100 + "café".encode("latin-1"))
+    bad.write_bytes(b"good text\n" * 100 + "café".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.txt is not UTF-8 text: invalid byte 0xe9 at byte offset 1003"):
         prepare(_cfg(bad, tmp_path / "c"), CHAR)
     _assert_nothing_written(tmp_path / "c")
