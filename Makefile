@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_ARGS ?=
+RUN_DIR ?= outputs/default
+PROMPT ?= ROMEO:
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -17,9 +19,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q $(PIP_ARGS) -e ".[dev]"
 	touch $(STAMP)
 
+# Extra overrides: make train ARGS="model=gpt_mini trainer.max_steps=3000" RUN_DIR=outputs/mini
 train: $(STAMP)
-	$(BIN)/gptframe-train $(ARGS)
-	$(BIN)/gptframe-generate ckpt=outputs/default/checkpoints/last.ckpt prompt="ROMEO:" max_new_tokens=200
+	$(BIN)/gptframe-train hydra.run.dir=$(RUN_DIR) $(ARGS)
+	$(BIN)/gptframe-generate ckpt=$(RUN_DIR)/checkpoints/last.ckpt prompt="$(PROMPT)" max_new_tokens=200
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ else is busy before each measurement, and record how much CPU other processes us
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import threading
@@ -30,13 +31,10 @@ def machine_info() -> dict:
     except OSError:
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": mem_gb, "python": platform.python_version()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
-    except ImportError:
-        pass
+    try:  # without importing torch: a big parent process would inflate its children's ru_maxrss (see bench_prepare)
+        info["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        info["torch"] = None
     return info
 
 
@@ -75,7 +73,7 @@ def _ours(procs: dict[int, tuple[int, int, str]]) -> set[int]:
 
 def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+        return " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ").split())[:120]
     except OSError:
         return ""
 
@@ -143,6 +141,11 @@ class CpuWatch:
                     self.culprits.add(_cmdline(pid) or name)
             self.samples.append(total)
             before = after
+
+    def disturbed(self, cores: float = 0.5, seconds: int = 3) -> bool:
+        """Other processes used more than `cores` in each of the last `seconds` samples."""
+        recent = self.samples[-seconds:]
+        return len(recent) == seconds and min(recent) > cores
 
     def summary(self) -> dict:
         if not self.samples:

@@ -35,18 +35,26 @@ What is timed (steady state, the same steps on both sides):
   the first ~50 steps (allocator / thread-pool warm-up, and on a busy machine whatever else ran then); it is reported
   alongside for reference (`summary_tokens_per_s`).
 
-The target is framework ms/step / plain ms/step <= 1.05.
+Figures: per round, ms/step and tokens/s of each side over its timed steps and the ratio framework ms/step / plain
+ms/step; the median over rounds of each, the median ratio being the headline figure. The target is a ratio <= 1.05.
+Below the table, pooled over all rounds: total time / steps, and from the 10-step windows (both sides record them)
+the median window and the fastest 10% window (10th percentile of ms/step). On a small VM the speed of the *same* loop
+can switch between modes for tens of seconds (here ~21k vs ~16.5k tokens/s, both sides alike), which is larger than
+the effect measured; more rounds and the pooled window percentiles show whether a ratio is the framework or the
+machine.
 
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/bench_train_overhead.py                     # 400 steps, 3 rounds
-    .venv/bin/python benchmarks/bench_train_overhead.py --steps 400 --rounds 5 --out /tmp/overhead.json
+    .venv/bin/python benchmarks/bench_train_overhead.py --steps 400 --rounds 6 --out /tmp/overhead.json  # as in RESULTS.md
 
 The timings are only meaningful on an otherwise idle machine: on 2 cores a second PyTorch process oversubscribes the
 intra-op thread pools and makes steps up to ~100x slower. So before each measurement the script waits (up to
 `--wait-idle` seconds, default 600) until no other process uses more than 20% of a core, and while it runs it samples
 the CPU used by processes outside the benchmark; the table's last column ("other CPU", in cores, plain/framework) and
-the JSON (`other_cpu_mean`, `other_cpu_max`, `others`) show whether a measurement was disturbed.
+the JSON (`other_cpu_mean`, `other_cpu_max`, `others`) show whether a measurement was disturbed; a disturbed one
+(others > 0.1 cores on average) is repeated up to `--retries` times (default 2), and one where others hog more than
+half a core for 3 s is stopped at once and repeated (except on its last attempt).
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -71,6 +80,7 @@ BLOCK_SIZE = 64
 TOKENS_PER_STEP = BATCH_SIZE * BLOCK_SIZE
 LOG_EVERY = 10
 SEED = 1337
+DISTURBED_CPU = 0.1  # cores used by other processes, on average, above which a measurement is repeated
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -110,6 +120,8 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
 
     t0 = None
     loss_value = float("nan")
+    windows = []  # tokens/s per LOG_EVERY steps, as gptframe's TokenThroughput logs them
+    t_window = None
     for step in range(1, steps + 1):
         x, y = get_batch()
         logits = model(x)
@@ -121,6 +133,10 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
         scheduler.step()
         if step % LOG_EVERY == 0:
             loss_value = loss.item()  # what a training loop logs (nanoGPT: every log_interval)
+            now = time.perf_counter()
+            if t_window is not None and step > warmup:
+                windows.append(round(LOG_EVERY * TOKENS_PER_STEP / (now - t_window), 1))
+            t_window = now
         if step == warmup:
             t0 = time.perf_counter()
     seconds = time.perf_counter() - t0
@@ -132,18 +148,61 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
         "tokens_per_s": timed * TOKENS_PER_STEP / seconds,
         "final_loss": loss_value,
         "torch_threads": torch.get_num_threads(),
+        "window_tokens_per_s": windows,
     }
 
 
-def run_plain(steps: int, warmup: int, cache_dir: Path) -> dict:
+def _children_usage() -> dict:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "cpu_user_s": ru.ru_utime,
+        "cpu_sys_s": ru.ru_stime,
+        "major_faults": ru.ru_majflt,
+        "minor_faults": ru.ru_minflt,
+        "voluntary_ctx_switches": ru.ru_nvcsw,
+        "involuntary_ctx_switches": ru.ru_nivcsw,
+    }
+
+
+class Disturbed(Exception):
+    """Another process took the CPU during a measurement; it was stopped early to be repeated."""
+
+
+def _run_child(cmd: list[str], watch: CpuWatch | None = None, **kwargs) -> tuple[subprocess.CompletedProcess, dict]:
+    """Run a subprocess; also return its resource usage (whole process, start-up included) for diagnosis.
+
+    If `watch` sees other processes hog the CPU for a few seconds, the child is killed and Disturbed raised: on 2
+    cores the measurement is worthless then, and finishing it could take ~100x as long.
+    """
+    before = _children_usage()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, **kwargs)
+        while True:
+            try:
+                child.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if watch is not None and watch.disturbed():
+                    child.kill()
+                    child.wait()
+                    raise Disturbed(", ".join(watch.summary()["others"])) from None
+        out.seek(0)
+        err.seek(0)
+        proc = subprocess.CompletedProcess(cmd, child.returncode, out.read(), err.read())
+    after = _children_usage()
+    return proc, {k: round(after[k] - before[k], 3) for k in after}
+
+
+def run_plain(steps: int, warmup: int, cache_dir: Path, watch: CpuWatch | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", "plain", "--steps", str(steps), "--warmup", str(warmup)]
     cmd += ["--cache-dir", str(cache_dir)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc, usage = _run_child(cmd, watch)
     if proc.returncode != 0:
         raise RuntimeError(f"plain worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["process_wall_s"] = time.perf_counter() - t0
+    result["process_usage"] = usage
     return result
 
 
@@ -162,7 +221,9 @@ def train_cli() -> str:
     return found
 
 
-def run_framework(steps: int, warmup: int, run_dir: Path, cache_dir: Path, workdir: Path) -> dict:
+def run_framework(
+    steps: int, warmup: int, run_dir: Path, cache_dir: Path, workdir: Path, watch: CpuWatch | None = None
+) -> dict:
     cmd = [
         train_cli(),
         "experiment=shakespeare_char_cpu",
@@ -175,7 +236,8 @@ def run_framework(steps: int, warmup: int, run_dir: Path, cache_dir: Path, workd
         f"data.cache_dir={cache_dir}",
     ]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run dir (an attempt stopped early may have left one)
+    proc, usage = _run_child(cmd, watch, cwd=workdir)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"gptframe-train failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -199,6 +261,7 @@ def run_framework(steps: int, warmup: int, run_dir: Path, cache_dir: Path, workd
         "summary_wall_s": summary["wall_s"],
         "final_loss": summary["train_loss"],
         "process_wall_s": wall,
+        "process_usage": usage,
         "command": " ".join(cmd),
     }
 
@@ -236,6 +299,10 @@ def main() -> None:
         "--wait-idle", type=float, default=600, help="before each measurement, wait up to this many seconds for other "
         "busy processes to finish (default 600)"
     )
+    p.add_argument(
+        "--retries", type=int, default=2, help=f"measure again (at most this often) when other processes used more "
+        f"than {DISTURBED_CPU} cores on average during a measurement (default 2)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary run dirs (printed)")
     p.add_argument("--worker", choices=["plain"], help=argparse.SUPPRESS)
     p.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -257,18 +324,30 @@ def main() -> None:
     info = machine_info()
     print(
         f"machine: {info['cpu']} | {info['cores']} cores | {info['mem_gb']} GB | python {info['python']} | "
-        f"torch {info['torch']} ({info['torch_threads']} threads)"
+        f"torch {info['torch']}"
     )
     print(f"steps {args.steps} (timed: {args.warmup + 1}..{args.steps}), {TOKENS_PER_STEP} tokens/step, {args.rounds} rounds")
 
     def measure(fn, *fn_args) -> dict:
-        waited, busy = wait_until_idle(args.wait_idle)
-        if busy:
-            print("WARNING: measuring although other processes are busy:\n  " + "\n  ".join(busy), flush=True)
-        load1 = os.getloadavg()[0]
-        with CpuWatch() as watch:
-            result = fn(*fn_args)
-        result.update(watch.summary(), load1_before=load1, waited_for_idle_s=round(waited, 1))
+        for attempt in range(1, args.retries + 2):
+            waited, busy = wait_until_idle(args.wait_idle)
+            if busy:
+                print("WARNING: measuring although other processes are busy:\n  " + "\n  ".join(busy), flush=True)
+            load1 = os.getloadavg()[0]
+            try:
+                with CpuWatch() as watch:
+                    result = fn(*fn_args, watch=watch if attempt <= args.retries else None)
+            except Disturbed as e:
+                print(f"  (attempt {attempt} stopped: other processes took the CPU: {e}) - measuring again", flush=True)
+                continue
+            result.update(watch.summary(), load1_before=load1, waited_for_idle_s=round(waited, 1), attempt=attempt)
+            if result["other_cpu_mean"] <= DISTURBED_CPU:
+                break
+            print(
+                f"  (attempt {attempt} disturbed: other processes used {result['other_cpu_mean']:.2f} cores on average: "
+                f"{'; '.join(result['others'])}){' - measuring again' if attempt <= args.retries else ''}",
+                flush=True,
+            )
         return result
 
     rounds = []
@@ -315,6 +394,32 @@ def main() -> None:
     )
     summary_tps = ", ".join(f"{r['framework']['summary_tokens_per_s']:.0f}" for r in rounds)
     print(f"\n(median of per-round ratios; framework summary.json tokens_per_s, all steps after the first: {summary_tps})")
+
+    # Robust views: the machine's speed can switch between modes for tens of seconds (seen on a 2-vCPU VM: ~21k vs
+    # ~16.5k tokens/s for the *same* loop), so also compare pooled figures and the fast windows of each side.
+    pooled = {}
+    for side in ("plain", "framework"):
+        ms = sorted(1000 * TOKENS_PER_STEP / tps for r in rounds for tps in r[side]["window_tokens_per_s"])
+        pooled[side] = {
+            "mean_ms_per_step": sum(r[side]["seconds"] for r in rounds) * 1000 / sum(r[side]["timed_steps"] for r in rounds),
+            "window_p10_ms_per_step": ms[len(ms) // 10],
+            "window_median_ms_per_step": statistics.median(ms),
+            "windows": len(ms),
+        }
+    robust = {
+        key: pooled["framework"][key] / pooled["plain"][key]
+        for key in ("mean_ms_per_step", "window_p10_ms_per_step", "window_median_ms_per_step")
+    }
+    print(f"pooled over rounds ({pooled['plain']['windows']} + {pooled['framework']['windows']} windows of {LOG_EVERY} steps):")
+    for key, label in (
+        ("mean_ms_per_step", "total time / steps"),
+        ("window_median_ms_per_step", "median window"),
+        ("window_p10_ms_per_step", "fastest 10% window"),
+    ):
+        print(
+            f"  {label:>19}: plain {pooled['plain'][key]:.2f} ms/step | framework {pooled['framework'][key]:.2f} ms/step"
+            f" | ratio {robust[key]:.3f}"
+        )
     verdict = "met" if med["ratio"] <= 1.05 else "NOT met"
     print(f"target framework/plain <= 1.05: {verdict} (median ratio {med['ratio']:.3f}); benchmark took {total:.0f}s")
 
@@ -326,6 +431,8 @@ def main() -> None:
             "tokens_per_step": TOKENS_PER_STEP,
             "rounds": rounds,
             "median": med,
+            "pooled": pooled,
+            "pooled_ratios": robust,
             "target_met": med["ratio"] <= 1.05,
             "total_seconds": total,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -109,7 +109,7 @@ def build_tokenizer(
             )
         else:
             tokenizer = SentencePieceTokenizer.train(
-                corpus.lines(splits["train"]),
+                lambda: corpus.lines(splits["train"]),
                 vocab_size=cfg.vocab_size,
                 model_type=cfg.model_type,
                 byte_fallback=cfg.byte_fallback,
@@ -118,8 +118,22 @@ def build_tokenizer(
                 num_threads=max(1, os.cpu_count() or 1),
             )
         _publish_dir(target, tokenizer.save)
+        _release_freed_memory()
         log.info("tokenizer: trained %s in %.1fs -> %s", tokenizer, time.perf_counter() - t0, target)
         return tokenizer
+
+
+def _release_freed_memory() -> None:
+    """Hand the heap that tokenizer training freed back to the OS (glibc keeps it otherwise), so the tokenizing
+    workers forked next do not start with hundreds of MB of dead pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def prepare_dataset(
@@ -150,7 +164,8 @@ def prepare_dataset(
             counts: dict[str, int] = {}
             for split in SPLITS:
                 counts[split] = _write_tokens(
-                    corpus.pieces(splits[split]), tokenizer, tmp / f"{split}.bin", dtype, add_eos, num_proc
+                    corpus.pieces(splits[split]), tokenizer, tmp / f"{split}.bin", dtype, add_eos, num_proc,
+                    total_chars=corpus.split_chars(splits[split]),
                 )
                 if counts[split] == 0:
                     raise DataError(f"{corpus.description}: the {split} split is empty after tokenization")
@@ -230,31 +245,49 @@ def _encode_unit(unit: list[tuple[str, bool]], add_eos: bool, dtype: np.dtype) -
     return ids.astype(dtype)
 
 
-def _encoded_units(units: Iterator, tokenizer: Tokenizer, add_eos: bool, dtype: np.dtype, num_proc: int) -> Iterator[np.ndarray]:
+def _encoded_units(
+    units: Iterator, tokenizer: Tokenizer, add_eos: bool, dtype: np.dtype, num_proc: int
+) -> Iterator[tuple[list, np.ndarray]]:
     """Encode units in order; in parallel with a bounded window so memory stays flat in corpus size."""
     global _worker_tokenizer
     if num_proc <= 1:
         _worker_tokenizer = tokenizer
         for unit in units:
-            yield _encode_unit(unit, add_eos, dtype)
+            yield unit, _encode_unit(unit, add_eos, dtype)
         return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_files(),)) as pool:
         pending: deque = deque()
         for unit in units:
-            pending.append(pool.apply_async(_encode_unit, (unit, add_eos, dtype)))
+            pending.append((unit, pool.apply_async(_encode_unit, (unit, add_eos, dtype))))
             if len(pending) >= 2 * num_proc:
-                yield pending.popleft().get()
+                done, result = pending.popleft()
+                yield done, result.get()
         while pending:
-            yield pending.popleft().get()
+            done, result = pending.popleft()
+            yield done, result.get()
+
+
+PROGRESS_MIN_CHARS = 20_000_000  # show a progress bar for splits at least this large
 
 
 def _write_tokens(
-    pieces: Iterable[tuple[str, bool]], tokenizer: Tokenizer, path: Path, dtype: np.dtype, add_eos: bool, num_proc: int
+    pieces: Iterable[tuple[str, bool]],
+    tokenizer: Tokenizer,
+    path: Path,
+    dtype: np.dtype,
+    add_eos: bool,
+    num_proc: int,
+    total_chars: int | None = None,
 ) -> int:
+    from tqdm.auto import tqdm
+
     n = 0
-    with open(path, "wb") as f:
-        for ids in _encoded_units(_work_units(pieces), tokenizer, add_eos, dtype, num_proc):
+    show = total_chars is not None and total_chars >= PROGRESS_MIN_CHARS
+    with open(path, "wb") as f, tqdm(total=total_chars, unit="char", unit_scale=True, desc=f"tokenize {path.stem}",
+                                     disable=not show, mininterval=2.0) as bar:
+        for unit, ids in _encoded_units(_work_units(pieces), tokenizer, add_eos, dtype, num_proc):
             ids.tofile(f)
             n += ids.size
+            bar.update(sum(len(text) for text, _ in unit))
     return n

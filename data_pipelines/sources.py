@@ -64,6 +64,14 @@ class Corpus:
         docs = np.arange(self.num_documents)
         return {"train": Split(docs[~is_val].tolist()), "val": Split(docs[is_val].tolist())}
 
+    def split_chars(self, split: Split) -> int | None:
+        """Characters in a split (for progress bars); None where only a streaming pass could tell."""
+        if self.format != "text":
+            return None
+        if split.char_range is not None:
+            return split.char_range[1] - split.char_range[0]
+        return sum(self.doc_chars[d] for d in split.documents)
+
     def pieces(self, split: Split) -> Iterator[tuple[str, bool]]:
         """Yield (text, ends_document) pieces of a split, in document order, in chunks of about 1M characters."""
         if self.format == "text":

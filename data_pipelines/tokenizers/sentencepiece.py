@@ -7,7 +7,8 @@ cross lines and line-chunked tokenisation equals whole-text tokenisation), byte 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+import random
+from collections.abc import Callable, Iterable, Iterator
 
 import sentencepiece as spm
 
@@ -15,6 +16,25 @@ from data_pipelines.errors import TokenizerError
 from data_pipelines.tokenizers.base import Tokenizer
 
 MODEL_FILE = "tokenizer.model"
+SAMPLE_SEED = 1337
+
+
+def sample_lines(lines: Callable[[], Iterable[str]], max_lines: int, seed: int = SAMPLE_SEED) -> Iterator[str]:
+    """About max_lines of the lines `lines()` yields, chosen by a seeded coin per line, in two streaming passes
+    (count, then select): the same sample on every machine, and nothing held in memory.
+
+    SentencePiece's own sampling (input_sentence_size) is not seeded, so the same corpus would otherwise give a
+    different vocabulary on every machine.
+    """
+    total = sum(1 for _ in lines())
+    if total <= max_lines:
+        yield from lines()
+        return
+    keep = max_lines / total
+    coin = random.Random(seed)
+    for line in lines():
+        if coin.random() < keep:
+            yield line
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -34,7 +54,7 @@ class SentencePieceTokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        lines: Iterator[str],
+        lines: Callable[[], Iterable[str]],
         vocab_size: int,
         model_type: str = "bpe",
         byte_fallback: bool = True,
@@ -42,10 +62,11 @@ class SentencePieceTokenizer(Tokenizer):
         max_training_lines: int = 2_000_000,
         num_threads: int = 2,
     ) -> SentencePieceTokenizer:
+        """Train on the lines `lines()` yields (called twice: to count them, then to stream a sample)."""
         model = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines,
+                sentence_iterator=sample_lines(lines, max_training_lines),
                 model_writer=model,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -61,8 +82,8 @@ class SentencePieceTokenizer(Tokenizer):
                 bos_id=1,
                 eos_id=2,
                 pad_id=3,
-                input_sentence_size=max_training_lines,
-                shuffle_input_sentence=True,
+                input_sentence_size=0,  # all of the lines sample_lines picked
+                shuffle_input_sentence=False,
                 num_threads=num_threads,
                 minloglevel=2,
             )

@@ -9,7 +9,7 @@ TRICKY = "ROMEO:\nWhat,  say you?\n\n\t  héllo — ☃ 日本語 🙂 end\r\n"
 @pytest.fixture(scope="module")
 def spm(shakespeare_text) -> SentencePieceTokenizer:
     lines = [line for line in shakespeare_text[:300_000].split("\n") if line.strip()]
-    return SentencePieceTokenizer.train(iter(lines), vocab_size=600, model_type="bpe")
+    return SentencePieceTokenizer.train(lambda: lines, vocab_size=600, model_type="bpe")
 
 
 def test_char_round_trip_and_vocab(shakespeare_text):
@@ -45,7 +45,7 @@ def test_sentencepiece_round_trips_any_text(spm):
 
 def test_sentencepiece_vocab_too_large_is_a_clear_error():
     with pytest.raises(TokenizerError, match="SentencePiece training failed"):
-        SentencePieceTokenizer.train(iter(["tiny corpus"] * 3), vocab_size=5000, byte_fallback=False)
+        SentencePieceTokenizer.train(lambda: ["tiny corpus"] * 3, vocab_size=5000, byte_fallback=False)
 
 
 @pytest.mark.parametrize("kind", ["char", "sentencepiece"])
@@ -80,3 +80,24 @@ def test_load_errors_name_the_path(tmp_path):
 def test_fingerprint_differs_between_tokenizers(spm, shakespeare_text):
     char = CharTokenizer.train([shakespeare_text], with_eos=False)
     assert char.fingerprint != spm.fingerprint
+
+
+def test_sentencepiece_training_is_reproducible_when_lines_are_sampled(shakespeare_text):
+    lines = [line for line in shakespeare_text.split("\n") if line.strip()]
+    assert len(lines) > 4000
+    fingerprints = {
+        SentencePieceTokenizer.train(lambda: lines, vocab_size=400, max_training_lines=4000).fingerprint for _ in range(3)
+    }
+    assert len(fingerprints) == 1
+    other = SentencePieceTokenizer.train(lambda: lines[::-1], vocab_size=400, max_training_lines=4000)
+    assert other.fingerprint not in fingerprints  # a different sample, a different tokenizer: it did subsample
+
+
+def test_line_sample_is_seeded_streamed_and_spread():
+    from data_pipelines.tokenizers.sentencepiece import sample_lines
+
+    lines = [str(i) for i in range(10_000)]
+    a, b = list(sample_lines(lambda: iter(lines), 1000)), list(sample_lines(lambda: iter(lines), 1000))
+    assert a == b and 900 < len(a) < 1100 and len(set(a)) == len(a)
+    assert int(a[0]) < 100 and int(a[-1]) > 9900  # drawn from the whole stream, in order
+    assert list(sample_lines(lambda: iter(lines[:50]), 100)) == lines[:50]
