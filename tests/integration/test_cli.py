@@ -104,8 +104,8 @@ def test_generate_rejects_bad_arguments(trained):
 
 
 def test_prepare_cli_prints_the_index(tmp_path, small_corpus):
-    res = run_cli("gptframe-prepare", f"data.path={small_corpus}", f"data.cache_dir={tmp_path}", "tokenizer.vocab_size=300")
+    res = run_cli("gptframe-prepare", f"data.path={small_corpus}", f"data.cache_dir={tmp_path}", "tokenizer.vocab_size=400")
     assert res.returncode == 0, res.stderr
-    info = json.loads(res.stdout[res.stdout.index("{") :])
+    info = json.loads(res.stdout)  # logs go to stderr: stdout is the JSON alone
     assert info["tokenizer"]["kind"] == "sentencepiece" and info["num_tokens"]["train"] > 0
     assert (tmp_path / "datasets").is_dir()
