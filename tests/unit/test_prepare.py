@@ -78,6 +78,20 @@ def test_directory_of_documents_splits_by_document_with_eos(tmp_path):
     assert train_docs & val_docs == {""}  # no document in both splits
 
 
+def test_glob_selects_the_same_documents_as_their_directory(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(12):
+        (docs / f"doc{i:02d}.txt").write_text(f"verse {i}\n" * 4)
+    (docs / "notes.md").write_text("not part of the glob\n")
+    _, by_glob = prepare(_cfg(docs / "doc*.txt", tmp_path / "c"), CHAR)
+    assert by_glob.index["source"]["num_documents"] == 12
+    (docs / "notes.md").unlink()
+    _, by_dir = prepare(_cfg(docs, tmp_path / "c"), CHAR)
+    assert by_dir.index["source"]["fingerprint"] == by_glob.index["source"]["fingerprint"]
+    assert by_dir.directory == by_glob.directory  # same content, same cache entry
+
+
 def test_jsonl_csv_and_saved_dataset_sources(tmp_path):
     rows = [{"text": f"row {i}: to be or not to be", "id": i} for i in range(30)]
     jsonl = tmp_path / "d.jsonl"
