@@ -8,6 +8,7 @@ else is busy before each measurement, and record how much CPU other processes us
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import threading
@@ -155,3 +156,10 @@ class CpuWatch:
             "other_cpu_max": round(max(self.samples), 3),
             "others": sorted(self.culprits),
         }
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Write a benchmark's JSON report (creating its folder) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")

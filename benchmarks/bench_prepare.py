@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import CpuWatch, machine_info, wait_until_idle  # noqa: E402
+from _machine import CpuWatch, machine_info, wait_until_idle, write_report  # noqa: E402
 
 
 def _reset_peak_rss() -> bool:
@@ -288,7 +288,6 @@ def main() -> None:
     print(f"\nnum_proc={args.num_proc}, vocab {args.vocab_size}; benchmark took {total:.0f}s")
 
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "machine": info,
             "args": {"sizes_mib": args.sizes_mib, "num_proc": args.num_proc, "vocab_size": args.vocab_size},
@@ -296,8 +295,7 @@ def main() -> None:
             "total_seconds": total,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
 
 
 if __name__ == "__main__":

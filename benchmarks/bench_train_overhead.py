@@ -73,7 +73,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import CpuWatch, machine_info, wait_until_idle  # noqa: E402
+from _machine import CpuWatch, machine_info, wait_until_idle, write_report  # noqa: E402
 
 BATCH_SIZE = 12
 BLOCK_SIZE = 64
@@ -424,7 +424,6 @@ def main() -> None:
     print(f"target framework/plain <= 1.05: {verdict} (median ratio {med['ratio']:.3f}); benchmark took {total:.0f}s")
 
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
             "machine": info,
             "args": {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds},
@@ -437,8 +436,7 @@ def main() -> None:
             "total_seconds": total,
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        args.out.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.out}")
+        write_report(args.out, report)
 
 
 if __name__ == "__main__":
