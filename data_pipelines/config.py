@@ -7,17 +7,18 @@ from dataclasses import dataclass
 
 @dataclass
 class TokenizerConfig:
-    kind: str = "sentencepiece"  # char | sentencepiece
-    path: str | None = None  # load this saved tokenizer (dir or .model) instead of training one
-    vocab_size: int = 2048  # sentencepiece: size to train
+    kind: str = "sentencepiece"  # char | sentencepiece | wordpiece
+    path: str | None = None  # load instead of training: a saved tokenizer dir, a SentencePiece .model, a vocab.txt
+    vocab_size: int = 2048  # sentencepiece / wordpiece: size to train
+    lowercase: bool = True  # wordpiece: uncased (lowercase, strip accents), as bert-base-uncased
     model_type: str = "bpe"  # sentencepiece: bpe | unigram
     byte_fallback: bool = True  # sentencepiece: unseen characters become UTF-8 bytes, never <unk>
     character_coverage: float = 1.0
-    max_training_lines: int = 2_000_000  # sentencepiece samples at most this many lines to train on
+    max_training_lines: int = 2_000_000  # trainers see a seeded sample of at most this many lines
 
     def __post_init__(self) -> None:
-        if self.kind not in ("char", "sentencepiece"):
-            raise ValueError(f"tokenizer.kind must be 'char' or 'sentencepiece', got {self.kind!r}")
+        if self.kind not in ("char", "sentencepiece", "wordpiece"):
+            raise ValueError(f"tokenizer.kind must be 'char', 'sentencepiece' or 'wordpiece', got {self.kind!r}")
         if self.model_type not in ("bpe", "unigram"):
             raise ValueError(f"tokenizer.model_type must be 'bpe' or 'unigram', got {self.model_type!r}")
         if self.vocab_size < 8:

@@ -29,6 +29,7 @@ from data_pipelines.tokenizers import (
     CharTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
+    WordPieceTokenizer,
     load_tokenizer,
     tokenizer_from_files,
 )
@@ -90,7 +91,7 @@ def build_tokenizer(
 ) -> Tokenizer:
     """Load `cfg.path`, or train on the training split (char: on all text, as nanoGPT), cached by content hash."""
     if cfg.path:
-        tokenizer = load_tokenizer(cfg.path)
+        tokenizer = load_tokenizer(cfg.path, lowercase=cfg.lowercase)
         if tokenizer.kind != cfg.kind:
             raise TokenizerError(f"tokenizer.path {cfg.path} holds a {tokenizer.kind} tokenizer but tokenizer.kind={cfg.kind}")
         return tokenizer
@@ -106,6 +107,13 @@ def build_tokenizer(
             all_docs = Split(list(range(corpus.num_documents)))
             tokenizer: Tokenizer = CharTokenizer.train(
                 (text for text, _ in corpus.pieces(all_docs)), with_eos=corpus.num_documents > 1
+            )
+        elif cfg.kind == "wordpiece":
+            tokenizer = WordPieceTokenizer.train(
+                lambda: corpus.lines(splits["train"]),
+                vocab_size=cfg.vocab_size,
+                lowercase=cfg.lowercase,
+                max_training_lines=cfg.max_training_lines,
             )
         else:
             tokenizer = SentencePieceTokenizer.train(

@@ -8,14 +8,34 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
 from data_pipelines.errors import TokenizerError
 
 META_FILE = "gptframe_tokenizer.json"
+SAMPLE_SEED = 1337
+
+
+def sample_lines(lines: Callable[[], Iterable[str]], max_lines: int, seed: int = SAMPLE_SEED) -> Iterator[str]:
+    """About max_lines of the lines `lines()` yields, chosen by a seeded coin per line, in two streaming passes
+    (count, then select): the same sample on every machine, and nothing held in memory.
+
+    SentencePiece's own sampling (input_sentence_size) is not seeded, so the same corpus would otherwise give a
+    different vocabulary on every machine.
+    """
+    total = sum(1 for _ in lines())
+    if total <= max_lines:
+        yield from lines()
+        return
+    keep = max_lines / total
+    coin = random.Random(seed)
+    for line in lines():
+        if coin.random() < keep:
+            yield line
 
 
 class Tokenizer(ABC):
@@ -41,6 +61,18 @@ class Tokenizer(ABC):
     def unk_id(self) -> int | None:
         return None
 
+    @property
+    def cls_id(self) -> int | None:
+        return None
+
+    @property
+    def sep_id(self) -> int | None:
+        return None
+
+    @property
+    def mask_id(self) -> int | None:
+        return None
+
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 
@@ -63,7 +95,8 @@ class Tokenizer(ABC):
 
     @property
     def special_ids(self) -> dict[str, int]:
-        ids = {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, "unk": self.unk_id}
+        ids = {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, "unk": self.unk_id,
+               "cls": self.cls_id, "sep": self.sep_id, "mask": self.mask_id}
         return {k: v for k, v in ids.items() if v is not None}
 
     def to_files(self) -> dict[str, bytes]:
@@ -106,13 +139,21 @@ def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
     return TOKENIZER_KINDS[kind]._from_state(meta, {k: v for k, v in files.items() if k != META_FILE})
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a tokenizer saved by `Tokenizer.save` (a directory), or a SentencePiece `.model` file."""
+def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
+    """Load a tokenizer saved by `Tokenizer.save` (a directory), a SentencePiece `.model` file, or a WordPiece
+    `vocab.txt` (lowercase: whether that vocabulary is uncased)."""
     path = Path(path).expanduser()
     if path.is_file() and path.suffix == ".model":
         from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
 
         return SentencePieceTokenizer.from_model_proto(path.read_bytes())
+    if path.is_file() and path.suffix == ".txt":
+        from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
+
+        return WordPieceTokenizer.from_vocab(path, lowercase)
     if not (path / META_FILE).is_file():
-        raise TokenizerError(f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir nor a SentencePiece .model")
+        raise TokenizerError(
+            f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir, a SentencePiece .model, "
+            "nor a WordPiece vocab.txt"
+        )
     return tokenizer_from_files({f.name: f.read_bytes() for f in path.iterdir() if f.is_file()})

@@ -7,36 +7,14 @@ cross lines and line-chunked tokenisation equals whole-text tokenisation), byte 
 from __future__ import annotations
 
 import io
-import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import sentencepiece as spm
 
 from data_pipelines.errors import TokenizerError
-from data_pipelines.tokenizers.base import Tokenizer
+from data_pipelines.tokenizers.base import Tokenizer, sample_lines
 
 MODEL_FILE = "tokenizer.model"
-SAMPLE_SEED = 1337
-
-
-def sample_lines(lines: Callable[[], Iterable[str]], max_lines: int, seed: int = SAMPLE_SEED) -> Iterator[str]:
-    """About max_lines of the lines `lines()` yields, chosen by a seeded coin per line, in two streaming passes
-    (count, then select): the same sample on every machine, and nothing held in memory.
-
-    SentencePiece's own sampling (input_sentence_size) is not seeded, so the same corpus would otherwise give a
-    different vocabulary on every machine.
-    """
-    total = sum(1 for _ in lines())
-    if total <= max_lines:
-        yield from lines()
-        return
-    keep = max_lines / total
-    coin = random.Random(seed)
-    for line in lines():
-        if coin.random() < keep:
-            yield line
-
-
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 

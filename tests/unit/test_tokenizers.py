@@ -94,7 +94,7 @@ def test_sentencepiece_training_is_reproducible_when_lines_are_sampled(shakespea
 
 
 def test_line_sample_is_seeded_streamed_and_spread():
-    from data_pipelines.tokenizers.sentencepiece import sample_lines
+    from data_pipelines.tokenizers.base import sample_lines
 
     lines = [str(i) for i in range(10_000)]
     a, b = list(sample_lines(lambda: iter(lines), 1000)), list(sample_lines(lambda: iter(lines), 1000))
