@@ -11,10 +11,14 @@ import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from data_pipelines.errors import TokenizerError
+
+if TYPE_CHECKING:
+    import tokenizers
 
 META_FILE = "gptframe_tokenizer.json"
 SAMPLE_SEED = 1337
@@ -36,6 +40,17 @@ def sample_lines(lines: Callable[[], Iterable[str]], max_lines: int, seed: int =
     for line in lines():
         if coin.random() < keep:
             yield line
+
+
+@dataclass
+class HFExport:
+    """What a tokenizer kind hands `Tokenizer.to_hf_files`: a `tokenizers` pipeline with our ids, and the transformers
+    class (and its settings) that AutoTokenizer should wrap it in."""
+
+    backend: tokenizers.Tokenizer
+    tokenizer_class: str = "PreTrainedTokenizerFast"  # loads tokenizer.json as is
+    config: dict = field(default_factory=dict)  # extra tokenizer_config.json entries
+    files: dict[str, bytes] = field(default_factory=dict)  # extra files (e.g. WordPiece's vocab.txt)
 
 
 class Tokenizer(ABC):
@@ -93,6 +108,17 @@ class Tokenizer(ABC):
     @abstractmethod
     def _from_state(cls, meta: dict, files: dict[str, bytes]) -> Tokenizer: ...
 
+    @abstractmethod
+    def _hf_export(self) -> HFExport: ...
+
+    def to_hf_files(self, model_max_length: int | None = None) -> dict[str, bytes]:
+        """tokenizer.json, tokenizer_config.json, special_tokens_map.json (and any extra files of the kind): written to
+        a directory, `transformers.AutoTokenizer.from_pretrained(dir)` is a fast tokenizer with our ids, our decoding
+        and our special tokens. model_max_length: the longest input the model takes, if known."""
+        from data_pipelines.tokenizers.huggingface import hf_files
+
+        return hf_files(self._hf_export(), self.special_ids, model_max_length)
+
     @property
     def special_ids(self) -> dict[str, int]:
         ids = {"bos": self.bos_id, "eos": self.eos_id, "pad": self.pad_id, "unk": self.unk_id,
@@ -140,8 +166,9 @@ def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
-    """Load a tokenizer saved by `Tokenizer.save` (a directory), a SentencePiece `.model` file, or a WordPiece
-    `vocab.txt` (lowercase: whether that vocabulary is uncased)."""
+    """Load a tokenizer saved by `Tokenizer.save` (a directory), a Hugging Face tokenizer directory (see
+    `load_hf_tokenizer`), a SentencePiece `.model` file, or a WordPiece `vocab.txt` (lowercase: whether that
+    vocabulary is uncased, unless the directory's tokenizer_config.json says)."""
     path = Path(path).expanduser()
     if path.is_file() and path.suffix == ".model":
         from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
@@ -151,9 +178,14 @@ def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
         from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
 
         return WordPieceTokenizer.from_vocab(path, lowercase)
+    if path.is_dir() and not (path / META_FILE).is_file():
+        from data_pipelines.tokenizers.huggingface import is_hf_tokenizer_dir, load_hf_tokenizer
+
+        if is_hf_tokenizer_dir(path):
+            return load_hf_tokenizer(path, lowercase)
     if not (path / META_FILE).is_file():
         raise TokenizerError(
-            f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir, a SentencePiece .model, "
-            "nor a WordPiece vocab.txt"
+            f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir, a Hugging Face tokenizer dir, "
+            "a SentencePiece .model, nor a WordPiece vocab.txt"
         )
     return tokenizer_from_files({f.name: f.read_bytes() for f in path.iterdir() if f.is_file()})

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from data_pipelines.errors import TokenizerError
-from data_pipelines.tokenizers.base import Tokenizer
+from data_pipelines.tokenizers.base import HFExport, Tokenizer
 
 EOS_TOKEN = "<|endoftext|>"
 
@@ -61,6 +61,19 @@ class CharTokenizer(Tokenizer):
 
     def _state(self) -> tuple[dict, dict[str, bytes]]:
         return {"chars": self.chars, "with_eos": self.with_eos}, {}
+
+    def _hf_export(self) -> HFExport:
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as Backend
+
+        # One piece per code point, looked up in a WordLevel vocabulary; with no unk token an unknown character is an
+        # error there too. Fuse joins the pieces back without the spaces WordLevel's default decoding puts between them.
+        backend = Backend(models.WordLevel({t: i for i, t in enumerate(self._itos)}, unk_token=None))
+        backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        backend.decoder = decoders.Fuse()
+        if self.with_eos:
+            backend.add_special_tokens([AddedToken(EOS_TOKEN, special=True, normalized=False)])
+        return HFExport(backend)
 
     @classmethod
     def _from_state(cls, meta: dict, files: dict[str, bytes]) -> CharTokenizer:

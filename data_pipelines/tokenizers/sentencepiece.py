@@ -12,9 +12,14 @@ from collections.abc import Callable, Iterable
 import sentencepiece as spm
 
 from data_pipelines.errors import TokenizerError
-from data_pipelines.tokenizers.base import Tokenizer, sample_lines
+from data_pipelines.tokenizers.base import HFExport, Tokenizer, sample_lines
 
 MODEL_FILE = "tokenizer.model"
+# sentencepiece_model.proto's piece types and model types
+NORMAL, USER_DEFINED = 1, 4
+UNIGRAM, BPE = 1, 2
+
+
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
@@ -104,6 +109,48 @@ class SentencePieceTokenizer(Tokenizer):
     def _state(self) -> tuple[dict, dict[str, bytes]]:
         return {}, {MODEL_FILE: self.model_proto}
 
+    def _hf_export(self) -> HFExport:
+        """The model as a `tokenizers` pipeline, as transformers' SpmConverter.build_tokenizer_from_spm_proto builds it:
+        " " -> "▁" and nothing else (identity normalisation, no dummy prefix, no pre-tokenizer), the same BPE or
+        unigram model with byte fallback, and a decoder that undoes both; user-defined pieces (the newline) are added
+        tokens, matched before the model as SentencePiece matches them before segmenting."""
+        from sentencepiece import sentencepiece_model_pb2
+        from tokenizers import AddedToken, decoders, models, normalizers
+        from tokenizers import Tokenizer as Backend
+
+        proto = sentencepiece_model_pb2.ModelProto()
+        proto.ParseFromString(self.model_proto)
+        spec, norm = proto.trainer_spec, proto.normalizer_spec
+        exact = norm.escape_whitespaces and not spec.treat_whitespace_as_suffix
+        if norm.name != "identity" or norm.add_dummy_prefix or norm.remove_extra_whitespaces or not exact:
+            raise TokenizerError(
+                "only SentencePiece models trained as gptframe trains them (identity normalisation, no dummy prefix, "
+                f"whitespace kept as a '▁' prefix) convert to Hugging Face files; this one has {norm.name} "
+                f"normalisation, add_dummy_prefix={norm.add_dummy_prefix}, "
+                f"remove_extra_whitespaces={norm.remove_extra_whitespaces}"
+            )
+        pieces = list(proto.pieces)
+        if spec.model_type == BPE:
+            vocab = {p.piece: i for i, p in enumerate(pieces)}
+            model = models.BPE(
+                vocab, _bpe_merges(pieces), unk_token=spec.unk_piece, fuse_unk=True, byte_fallback=spec.byte_fallback
+            )
+        elif spec.model_type == UNIGRAM:
+            # SentencePiece never matches control, unknown, byte or unused pieces in text; the Unigram model would (a
+            # literal "<0x41>" in text as byte 0x41), unless their score is too low to win against the characters.
+            floor = min((p.score for p in pieces if p.type == NORMAL), default=0.0) - 1e6
+            vocab = [(p.piece, p.score if p.type in (NORMAL, USER_DEFINED) else floor) for p in pieces]
+            model = models.Unigram(vocab, unk_id=spec.unk_id, byte_fallback=spec.byte_fallback)
+        else:
+            raise TokenizerError(f"SentencePiece model type {spec.model_type} has no Hugging Face equivalent")
+        backend = Backend(model)
+        backend.normalizer = normalizers.Replace(" ", "▁")
+        backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+        backend.add_tokens(
+            [AddedToken(p.piece, normalized=False, special=False) for p in pieces if p.type == USER_DEFINED]
+        )
+        return HFExport(backend)
+
     @classmethod
     def _from_state(cls, meta: dict, files: dict[str, bytes]) -> SentencePieceTokenizer:
         if MODEL_FILE not in files:
@@ -113,3 +160,15 @@ class SentencePieceTokenizer(Tokenizer):
 
 def _id_or_none(i: int) -> int | None:
     return i if i >= 0 else None
+
+
+def _bpe_merges(pieces) -> list[tuple[str, str]]:
+    """Merges that make `tokenizers`' BPE segment as SentencePiece's: SentencePiece joins the adjacent pair whose
+    concatenation is the best-scored piece, and BPE pieces are stored best first, so every split of every normal piece
+    into two normal pieces, ranked by the piece's id (as transformers' generate_merges ranks them)."""
+    ids = {p.piece: i for i, p in enumerate(pieces) if p.type == NORMAL}
+    merges = []
+    for piece, i in ids.items():
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in ids and piece[k:] in ids]
+        merges.extend((i, len(left), left, right) for left, right in splits)
+    return [(left, right) for _, _, left, right in sorted(merges)]

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from data_pipelines.errors import TokenizerError
-from data_pipelines.tokenizers.base import Tokenizer, sample_lines
+from data_pipelines.tokenizers.base import HFExport, Tokenizer, sample_lines
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TOKENIZER_FILE = "tokenizer.json"
@@ -105,6 +105,12 @@ class WordPieceTokenizer(Tokenizer):
             raise TokenizerError(f"cannot read WordPiece vocabulary {vocab_path}: {e}") from None
         return cls(_finish(_assemble(model, lowercase)), lowercase)
 
+    @classmethod
+    def from_vocab_dict(cls, vocab: dict[str, int], lowercase: bool = True) -> WordPieceTokenizer:
+        """A vocabulary as token -> id (e.g. the model section of a BERT tokenizer.json)."""
+        model = models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100)
+        return cls(_finish(_assemble(model, lowercase)), lowercase)
+
     @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size()
@@ -155,9 +161,18 @@ class WordPieceTokenizer(Tokenizer):
         vocab = self.hf.get_vocab()
         return sorted(vocab, key=vocab.__getitem__)
 
+    def _vocab_txt(self) -> bytes:
+        return ("\n".join(self.vocab_lines()) + "\n").encode()
+
     def _state(self) -> tuple[dict, dict[str, bytes]]:
-        files = {TOKENIZER_FILE: self.hf.to_str().encode(), VOCAB_FILE: ("\n".join(self.vocab_lines()) + "\n").encode()}
+        files = {TOKENIZER_FILE: self.hf.to_str().encode(), VOCAB_FILE: self._vocab_txt()}
         return {"lowercase": self.lowercase}, files
+
+    def _hf_export(self) -> HFExport:
+        # transformers 5's BertTokenizer rebuilds BERT's pipeline from the vocabulary and these settings (older ones
+        # read tokenizer.json, or vocab.txt); both are ours.
+        config = {"do_lower_case": self.lowercase, "strip_accents": None, "tokenize_chinese_chars": True}
+        return HFExport(self.hf, "BertTokenizer", config, {VOCAB_FILE: self._vocab_txt()})
 
     @classmethod
     def _from_state(cls, meta: dict, files: dict[str, bytes]) -> WordPieceTokenizer:
