@@ -7,7 +7,7 @@ Both sides train the same model on the same data with the same optimizer, on the
 * data: the prepared char-level Tiny Shakespeare train split (`data_pipelines.prepare.prepare`, `.tokens("train")`
   memmap); the plain loop draws batches of 12 random blocks nanoGPT-style (`torch.randint` offsets, `torch.stack` of
   memmap slices); the framework uses its own sampler / dataset / DataLoader;
-* optimizer: AdamW(lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on `GPT.optimizer_param_groups`), the same
+* optimizer: AdamW(lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on `decay_param_groups`), the same
   `WarmupCosine` schedule (warmup 100, decay to 1e-4 at 2000) through `LambdaLR`, grad-norm clipping at 1.0 with
   `torch.nn.utils.clip_grad_norm_`.
 
@@ -97,7 +97,8 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
     from data_pipelines.config import DataConfig, TokenizerConfig
     from data_pipelines.prepare import prepare
     from gptframe.models.gpt import GPT, GPTConfig
-    from gptframe.tasks.causal_lm import WarmupCosine
+    from gptframe.tasks.base import WarmupCosine
+    from gptframe.training.optim import decay_param_groups
 
     tokenizer, prepared = prepare(DataConfig(path=str(TINY_SHAKESPEARE), cache_dir=cache_dir), TokenizerConfig(kind="char"))
     assert tokenizer.vocab_size == 65, tokenizer.vocab_size
@@ -109,7 +110,7 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
     )
     model = GPT(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.optimizer_param_groups(0.1), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    optimizer = torch.optim.AdamW(decay_param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(100, 2000, 1e-3, 1e-4))
 
     def get_batch() -> tuple[torch.Tensor, torch.Tensor]:  # nanoGPT's get_batch

@@ -30,6 +30,7 @@ from data_pipelines.config import DataConfig, TokenizerConfig
 from data_pipelines.prepare import prepare
 from data_pipelines.sampling import EvalBlockSampler
 from gptframe.models.gpt import GPT, GPTConfig
+from gptframe.training.optim import decay_param_groups
 
 BLOCK, BATCH, EVAL_ITERS, EVAL_INTERVAL, MAX_ITERS = 64, 12, 20, 250, 2000
 LR, MIN_LR, WARMUP, DECAY = 1e-3, 1e-4, 100, 2000
@@ -58,7 +59,7 @@ def main() -> None:
     cfg = GPTConfig(block_size=BLOCK, vocab_size=tok.vocab_size, n_layer=4, n_head=4, n_embd=128, dropout=0.0,
                     bias=False, activation="gelu")
     model = GPT(cfg)
-    optimizer = torch.optim.AdamW(model.optimizer_param_groups(0.1), lr=LR, betas=(0.9, 0.99))
+    optimizer = torch.optim.AdamW(decay_param_groups(model, 0.1), lr=LR, betas=(0.9, 0.99))
 
     def loss_of(x, y):
         logits = model(x)

@@ -30,6 +30,11 @@ class DataConfig:
     path: str = "???"  # a text file, a directory, a glob, json/jsonl/parquet/csv files, or a `datasets` dir
     format: str = "auto"  # auto | text | json | parquet | csv | arrow (a dataset saved with save_to_disk)
     text_column: str = "text"
+    # labeled data (task=classification): CSV, TSV or JSONL files with text, optional text pair, and label columns
+    train_path: str | None = None
+    val_path: str | None = None
+    text_pair_column: str | None = "text_pair"  # used when the files have it
+    label_column: str = "label"
     val_fraction: float = 0.1  # by document; a single document is split contiguously (as nanoGPT)
     split_seed: int = 1337
     cache_dir: str = "~/.cache/gptframe"

@@ -24,6 +24,7 @@ class RandomBlockSampler:
         rank: int = 0,
         world_size: int = 1,
         start_batch: int = 0,
+        with_index: bool = False,
     ):
         if num_tokens <= block_size:
             raise ValueError(f"need more than block_size={block_size} tokens to sample blocks, have {num_tokens}")
@@ -35,16 +36,18 @@ class RandomBlockSampler:
         self.rank = rank
         self.world_size = world_size
         self.start_batch = start_batch
+        self.with_index = with_index  # yield (global batch index, offsets): example builders seed from the index
 
     def global_batch(self, b: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, b])
         return rng.integers(0, self.high, size=self.batch_size * self.world_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator:
         b = self.start_batch
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         while True:
-            yield self.global_batch(b)[lo:hi].tolist()
+            offsets = self.global_batch(b)[lo:hi].tolist()
+            yield (b, offsets) if self.with_index else offsets
             b += 1
 
 
@@ -62,7 +65,9 @@ class EvalBlockSampler:
         max_blocks: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        with_index: bool = False,
     ):
+        self.with_index = with_index
         starts = np.arange(0, num_tokens - block_size, block_size)
         if starts.size == 0:
             raise ValueError(f"need more than block_size={block_size} tokens to evaluate, have {num_tokens}")
@@ -74,6 +79,7 @@ class EvalBlockSampler:
     def __len__(self) -> int:
         return -(-len(self.starts) // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator:
         for i in range(0, len(self.starts), self.batch_size):
-            yield self.starts[i : i + self.batch_size].tolist()
+            offsets = self.starts[i : i + self.batch_size].tolist()
+            yield (i, offsets) if self.with_index else offsets

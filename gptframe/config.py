@@ -7,7 +7,7 @@ work starts; value checks (`__post_init__`) run in `to_typed`, still before anyt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,25 +16,23 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipelines import RESOURCES
 from data_pipelines.config import DataConfig, TokenizerConfig
 from gptframe.errors import ConfigError
+from gptframe.models.bert import BertConfig
 from gptframe.models.gpt import GPTConfig
 
 
 @dataclass
-class CausalLMTaskConfig:
-    """Causal-LM pretraining: AdamW, linear warmup then cosine decay to min_lr."""
+class OptimizerSchedule:
+    """AdamW with linear warmup then cosine decay to min_lr: the fields every task shares."""
 
-    name: str = "clm"
     lr: float = 6e-4
     min_lr: float = 6e-5
     weight_decay: float = 0.1
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     warmup_steps: int = 100
-    lr_decay_steps: int | None = None  # None: trainer.max_steps
+    lr_decay_steps: int | None = None  # None: trainer.max_steps (or the steps of trainer.max_epochs)
 
-    def __post_init__(self) -> None:
-        if self.name != "clm":
-            raise ValueError(f"task.name must be 'clm' for CausalLMTaskConfig, got {self.name!r}")
+    def _check_optimizer(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise ValueError(f"need 0 <= task.min_lr <= task.lr and task.lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -43,6 +41,85 @@ class CausalLMTaskConfig:
             raise ValueError("task.warmup_steps and task.weight_decay must be >= 0")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ValueError(f"task.lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
+
+    def _check_name(self, expected: str) -> None:
+        if self.name != expected:  # type: ignore[attr-defined]
+            raise ValueError(f"task.name must be {expected!r} for {type(self).__name__}, got {self.name!r}")  # type: ignore[attr-defined]
+
+
+@dataclass
+class CausalLMTaskConfig(OptimizerSchedule):
+    """Causal-LM pretraining (GPT): next-token prediction on blocks of the prepared token stream."""
+
+    name: str = "clm"
+
+    def __post_init__(self) -> None:
+        self._check_name("clm")
+        self._check_optimizer()
+
+
+@dataclass
+class MaskedLMTaskConfig(OptimizerSchedule):
+    """Masked-LM (+ next-sentence) pretraining (BERT) on [CLS] A [SEP] B [SEP] examples from the prepared data."""
+
+    name: str = "mlm"
+    max_seq_len: int | None = None  # None: the model's max_position_embeddings
+    nsp: bool = True  # next-sentence prediction; false: RoBERTa-style full sentences, no NSP loss
+    mask_prob: float = 0.15  # of non-special tokens
+    mask_token_prob: float = 0.8  # of the selected tokens: [MASK]; then random_token_prob random, the rest unchanged
+    random_token_prob: float = 0.1
+    whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece "##", SentencePiece "▁")
+    short_seq_prob: float = 0.1  # as BERT: sometimes a shorter target length, so short inputs are seen too
+
+    def __post_init__(self) -> None:
+        self._check_name("mlm")
+        self._check_optimizer()
+        for key in ("mask_prob", "mask_token_prob", "random_token_prob", "short_seq_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"task.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.mask_prob == 0.0:
+            raise ValueError("task.mask_prob must be > 0")
+        if self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError("task.mask_token_prob + task.random_token_prob must be <= 1")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError(f"task.max_seq_len must be >= 8 or null, got {self.max_seq_len}")
+
+
+@dataclass
+class ClassificationTaskConfig(OptimizerSchedule):
+    """Sequence classification (fine-tuning): BERT from the pooled [CLS], GPT from the last real token."""
+
+    name: str = "classification"
+    max_seq_len: int | None = 128  # inputs are truncated to this many tokens (None: the model's context)
+    classifier_dropout: float | None = None  # BERT: None uses the model's hidden dropout
+
+    def __post_init__(self) -> None:
+        self._check_name("classification")
+        self._check_optimizer()
+        if self.max_seq_len is not None and self.max_seq_len < 2:
+            raise ValueError(f"task.max_seq_len must be >= 2 or null, got {self.max_seq_len}")
+
+
+TASK_CONFIGS = (CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig)
+
+
+@dataclass
+class GPTModelConfig(GPTConfig):
+    """The `model` group's GPT schema: the architecture plus where to initialise it from."""
+
+    init_from: str | None = None  # a gptframe checkpoint or a Hugging Face model dir: architecture, weights, tokenizer
+
+
+@dataclass
+class BertModelConfig(BertConfig):
+    init_from: str | None = None  # a gptframe checkpoint or a Hugging Face model dir: architecture, weights, tokenizer
+
+
+def split_model_schema(schema: GPTModelConfig | BertModelConfig) -> tuple[GPTConfig | BertConfig, str | None]:
+    """(the plain model config, init_from): the model never sees how it is initialised."""
+    values = {f.name: getattr(schema, f.name) for f in fields(schema) if f.name != "init_from"}
+    plain = GPTConfig(**values) if isinstance(schema, GPTConfig) else BertConfig(**values)
+    return plain, schema.init_from
 
 
 @dataclass
@@ -53,6 +130,7 @@ class TrainerConfig:
     strategy: str = "auto"
     precision: str = "auto"  # auto (bf16-mixed on bf16-capable GPUs, else 32) | 32 | bf16-mixed | 16-mixed | bf16-true
     max_steps: int = 2000  # optimizer steps
+    max_epochs: int | None = None  # classification: train this many epochs (sets max_steps; validates every epoch)
     val_check_interval: int = 250  # optimizer steps between evaluations
     eval_batches: int | None = 20  # batches per periodic evaluation; None: the whole val split
     final_eval_batches: int | None = None  # batches of the evaluation after training; None: the whole val split
@@ -69,11 +147,21 @@ class TrainerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps"):
+        for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
-        if self.precision not in ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true"):
+        if self.precision not in (
+            "auto",
+            "32",
+            "32-true",
+            "bf16-mixed",
+            "16-mixed",
+            "bf16-true",
+            "16-true",
+            "64",
+            "64-true",
+        ):
             raise ValueError(f"trainer.precision must be auto|32|bf16-mixed|16-mixed|bf16-true, got {self.precision!r}")
         if self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
@@ -92,8 +180,8 @@ class LoggerConfig:
 class TrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = None  # a schema of the `model` group (GPTConfig)
-    task: Any = None  # a schema of the `task` group (CausalLMTaskConfig)
+    model: Any = None  # a schema of the `model` group (GPTModelConfig, BertModelConfig)
+    task: Any = None  # a schema of the `task` group (CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     name: str = "default"  # run name; the run dir is outputs/<name> unless hydra.run.dir is set
@@ -103,7 +191,7 @@ class TrainConfig:
 
 @dataclass
 class GenerateConfig:
-    ckpt: str = "???"  # a gptframe checkpoint (.ckpt)
+    ckpt: str = "???"  # a gptframe checkpoint (.ckpt), a gptframe export or a Hugging Face GPT-2 dir
     prompt: str = "\n"
     max_new_tokens: int = 200
     temperature: float = 0.8
@@ -129,8 +217,11 @@ class GenerateConfig:
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="gpt_schema", node=GPTConfig)
+    cs.store(group="model", name="gpt_schema", node=GPTModelConfig)
+    cs.store(group="model", name="bert_schema", node=BertModelConfig)
     cs.store(group="task", name="clm_schema", node=CausalLMTaskConfig)
+    cs.store(group="task", name="mlm_schema", node=MaskedLMTaskConfig)
+    cs.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", lambda name: str(RESOURCES / name))
 
@@ -141,10 +232,12 @@ def to_typed(cfg: DictConfig) -> TrainConfig:
         typed = OmegaConf.to_object(cfg)
     except Exception as e:  # ValueError from __post_init__, or omegaconf's missing/validation errors
         raise ConfigError(f"invalid config: {_describe(e)}") from None
-    if not isinstance(typed.model, GPTConfig):
-        raise ConfigError("model: pick a model config (e.g. model=gpt_nano); it must extend a model schema")
-    if not isinstance(typed.task, CausalLMTaskConfig):
-        raise ConfigError("task: pick a task config (e.g. task=clm)")
+    if not isinstance(typed.model, (GPTModelConfig, BertModelConfig)):
+        raise ConfigError(
+            "model: pick a model config (e.g. model=gpt_nano or model=bert_mini); it must extend a model schema"
+        )
+    if not isinstance(typed.task, TASK_CONFIGS):
+        raise ConfigError("task: pick a task config (task=clm, task=mlm or task=classification)")
     return typed
 
 

@@ -70,3 +70,36 @@ TINY_RUN = [
     "trainer.enable_progress_bar=false",
     "task.warmup_steps=5",
 ]
+
+
+# A tiny BERT with a small WordPiece vocabulary for masked-LM runs of a few seconds.
+TINY_BERT = [
+    "tokenizer=wordpiece",
+    "tokenizer.vocab_size=400",
+    "model=bert_mini",
+    "model.num_hidden_layers=2",
+    "model.hidden_size=64",
+    "model.num_attention_heads=2",
+    "model.intermediate_size=128",
+    "model.max_position_embeddings=64",
+    "task=mlm",
+    "task.warmup_steps=5",
+    "task.lr=3e-3",
+    "data.batch_size=16",
+    "trainer.max_steps=100",
+    "trainer.val_check_interval=50",
+    "trainer.eval_batches=4",
+    "trainer.final_eval_batches=8",
+    "trainer.log_every_n_steps=5",
+    "trainer.enable_progress_bar=false",
+]
+
+
+@pytest.fixture(scope="session")
+def speaker_task(tmp_path_factory) -> Path:
+    """The bundled Shakespeare speaker task (train.jsonl, val.jsonl, pretrain.txt, stats.json)."""
+    from data_pipelines.downstream import shakespeare_speakers
+
+    out = tmp_path_factory.mktemp("speakers") / "task"
+    shakespeare_speakers.write(out)
+    return out

@@ -65,3 +65,30 @@ def add_file_log(run_dir: Path, name: str) -> None:
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s"))
     handler.addFilter(_DropAdverts())
     logging.getLogger().addHandler(handler)
+
+
+def parse_key_values(argv: list[str], schema: type, verbatim: tuple[str, ...] = ()):
+    """key=value arguments checked against a dataclass (unknown keys, bad types and missing values fail with a
+    ConfigError). Values are taken as written; `null`/`none` mean None except for the `verbatim` keys."""
+    from dataclasses import fields
+
+    from omegaconf import OmegaConf
+
+    from gptframe.errors import ConfigError
+
+    cfg = OmegaConf.structured(schema)
+    known = sorted(f.name for f in fields(schema))
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value, got {arg!r} (keys: {', '.join(known)})")
+        if key not in known:
+            raise ConfigError(f"unknown argument {key!r} (keys: {', '.join(known)})")
+        try:
+            cfg[key] = None if value.lower() in ("null", "none") and key not in verbatim else value
+        except Exception as e:
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except Exception as e:
+        raise ConfigError(str(e).splitlines()[0]) from None

@@ -43,10 +43,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
         from gptframe.inference.generate import TextStreamer, generate_tokens
         from gptframe.inference.pipelines import resolve_device
-        from gptframe.training.checkpoints import model_from_checkpoint
+        from gptframe.loading import load_model, require_task
 
         device = resolve_device(cfg.device)
-        model, tokenizer, _ = model_from_checkpoint(cfg.ckpt, device)
+        loaded = load_model(cfg.ckpt, device)
+        require_task(loaded, "clm", "gpt", "gptframe-generate", cfg.ckpt)
+        model, tokenizer = loaded.model, loaded.tokenizer
         prompt_ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         for i in range(cfg.num_samples):

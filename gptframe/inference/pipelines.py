@@ -1,4 +1,8 @@
-"""`gptframe.pipeline(task, model=PATH)`: the shapes users know from transformers.pipeline."""
+"""`gptframe.pipeline(task, model=PATH)`: the shapes users know from transformers.pipeline.
+
+PATH is a gptframe checkpoint, a gptframe export or a Hugging Face model directory. Inputs are encoded exactly as
+in training (`data_pipelines.classification.encode_examples`), so a pipeline sees what the model was tuned on.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ from pathlib import Path
 
 import torch
 
+from data_pipelines.classification import encode_examples
+from gptframe.errors import CheckpointError
 from gptframe.inference.generate import generate_tokens
-from gptframe.training.checkpoints import model_from_checkpoint
+from gptframe.loading import load_model, require_task
+from gptframe.models.factory import backbone
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -21,7 +28,9 @@ class TextGenerationPipeline:
 
     def __init__(self, model_path: str | Path, device: str | None = None):
         self.device = resolve_device(device)
-        self.model, self.tokenizer, self.meta = model_from_checkpoint(model_path, self.device)
+        loaded = load_model(model_path, self.device)
+        require_task(loaded, "clm", "gpt", "text-generation", model_path)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     def __call__(
         self,
@@ -62,7 +71,120 @@ class TextGenerationPipeline:
         return outputs[0] if isinstance(text_inputs, str) else outputs
 
 
-PIPELINES = {"text-generation": TextGenerationPipeline}
+class _EncoderPipeline:
+    """Shared by the pipelines that read a whole text: the loaded model and the training-time encoding."""
+
+    def __init__(self, model_path: str | Path, device: str | None = None):
+        self.device = resolve_device(device)
+        self.loaded = load_model(model_path, self.device)
+        self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
+        config = self.loaded.config
+        self.max_len = config.block_size if config.arch == "gpt" else config.max_position_embeddings
+
+    def _encode(self, text: str, text_pair: str | None = None) -> dict[str, torch.Tensor]:
+        ids, types = encode_examples(
+            self.tokenizer, [text], [text_pair] if text_pair is not None else None, self.max_len, self.loaded.arch
+        )
+        return {
+            "input_ids": torch.tensor(ids, device=self.device),
+            "token_type_ids": torch.tensor(types, device=self.device),
+        }
+
+
+class FillMaskPipeline(_EncoderPipeline):
+    """pipe("the [MASK] of rome", top_k=5) -> [{"score", "token", "token_str", "sequence"}, ...] best first; with
+    several [MASK] tokens, one such list per mask."""
+
+    def __init__(self, model_path: str | Path, device: str | None = None):
+        super().__init__(model_path, device)
+        require_task(self.loaded, "mlm", "bert", "fill-mask", model_path)
+        if self.tokenizer.mask_id is None:
+            raise CheckpointError(f"fill-mask: the tokenizer of {model_path} has no [MASK] token")
+
+    @torch.no_grad()
+    def __call__(self, inputs: str | list[str], top_k: int = 5):
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        outputs = [self._fill(text, top_k) for text in texts]
+        return outputs[0] if isinstance(inputs, str) else outputs
+
+    def _fill(self, text: str, top_k: int) -> list:
+        batch = self._encode(text)
+        ids = batch["input_ids"][0]
+        positions = (ids == self.tokenizer.mask_id).nonzero().flatten().tolist()
+        if not positions:
+            raise ValueError(f"fill-mask: no [MASK] token in {text!r}")
+        logits, _ = self.model(batch["input_ids"], batch["token_type_ids"])
+        probs = logits[0, :, : self.tokenizer.vocab_size].float().softmax(-1)
+        results = []
+        for pos in positions:
+            scores, tokens = probs[pos].topk(min(top_k, self.tokenizer.vocab_size))
+            candidates = []
+            for score, token in zip(scores.tolist(), tokens.tolist(), strict=True):
+                filled = ids.clone()
+                filled[pos] = token
+                # the sequence without [CLS]/[SEP] (and other masks left as they are), as transformers shows it
+                body = filled.tolist()[1:-1]
+                candidates.append({
+                    "score": score,
+                    "token": token,
+                    "token_str": self.tokenizer.decode([token]).strip(),
+                    "sequence": self.tokenizer.decode(body),
+                })
+            results.append(candidates)
+        return results[0] if len(results) == 1 else results
+
+
+class TextClassificationPipeline(_EncoderPipeline):
+    """pipe(text or {"text", "text_pair"}, top_k=1) -> [{"label", "score"}]; a list of inputs gives one dict each
+    (top_k > 1 or None: a ranked list each)."""
+
+    def __init__(self, model_path: str | Path, device: str | None = None):
+        super().__init__(model_path, device)
+        require_task(self.loaded, "classification", None, "text-classification", model_path)
+
+    @torch.no_grad()
+    def __call__(self, inputs, top_k: int | None = 1):
+        single = isinstance(inputs, (str, dict))
+        outputs = []
+        for item in [inputs] if single else list(inputs):
+            text, pair = (item["text"], item.get("text_pair")) if isinstance(item, dict) else (item, None)
+            batch = self._encode(text, pair)
+            if self.loaded.arch == "bert":
+                logits = self.model(batch["input_ids"], batch["token_type_ids"])
+            else:
+                logits = self.model(batch["input_ids"])
+            probs = logits[0].float().softmax(-1)
+            order = probs.argsort(descending=True).tolist()
+            ranked = [{"label": self.loaded.labels[i], "score": probs[i].item()} for i in order[: top_k or len(order)]]
+            outputs.append(ranked[0] if top_k == 1 else ranked)
+        # as transformers: a single text gives a one-element list (top_k=1) or its ranked list
+        return (outputs if top_k == 1 else outputs[0]) if single else outputs
+
+
+class FeatureExtractionPipeline(_EncoderPipeline):
+    """pipe(text or [texts]) -> per text, the last hidden states [seq_len, hidden] (special tokens included)."""
+
+    @torch.no_grad()
+    def __call__(self, inputs: str | list[str]):
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        encoder = backbone(self.model)
+        outputs = []
+        for text in texts:
+            batch = self._encode(text)
+            if self.loaded.arch == "bert":
+                hidden, _ = encoder(batch["input_ids"], batch["token_type_ids"])
+            else:
+                hidden = encoder.hidden_states(batch["input_ids"])
+            outputs.append(hidden[0].float().cpu())
+        return outputs[0] if isinstance(inputs, str) else outputs
+
+
+PIPELINES = {
+    "text-generation": TextGenerationPipeline,
+    "fill-mask": FillMaskPipeline,
+    "text-classification": TextClassificationPipeline,
+    "feature-extraction": FeatureExtractionPipeline,
+}
 
 
 def pipeline(task: str, model: str | Path, device: str | None = None):

@@ -154,6 +154,10 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions."""
+        return self.lm_head(self.hidden_states(idx, kv_cache))
+
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """The final LayerNorm's output [B, T, n_embd]."""
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
@@ -164,16 +168,37 @@ class GPT(nn.Module):
             x = block(x, kv_cache)
         if kv_cache is not None:
             kv_cache.length += T
-        return self.lm_head(self.transformer.ln_f(x))
+        return self.transformer.ln_f(x)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         p = self.transformer.wte.weight
         return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype)
 
-    def optimizer_param_groups(self, weight_decay: float) -> list[dict]:
-        """Decay matrices and embeddings (dim >= 2); not biases and LayerNorm weights (as nanoGPT)."""
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
+
+
+class GPTForSequenceClassification(nn.Module):
+    """GPT with a linear `score` head on the last real token's hidden state (as GPT2ForSequenceClassification).
+
+    Inputs are right-padded; `attention_mask` marks the real tokens. A causal model's last real token has seen the
+    whole text and no padding, so no mask is needed inside the model.
+    """
+
+    def __init__(self, config: GPTConfig, num_labels: int):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.gpt = GPT(config)
+        self.score = nn.Linear(config.n_embd, num_labels, bias=False)
+        nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.gpt.hidden_states(input_ids)
+        if attention_mask is None:
+            last = torch.full((input_ids.size(0),), input_ids.size(1) - 1, device=input_ids.device)
+        else:
+            last = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        pooled = hidden[torch.arange(input_ids.size(0), device=input_ids.device), last]
+        return self.score(pooled)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,93 +1,32 @@
-"""Causal-LM pretraining as a LightningModule wrapping a plain GPT."""
+"""Causal-LM training (GPT): next-token prediction on blocks of the token stream."""
 
 from __future__ import annotations
 
-import math
-import random
-from dataclasses import asdict
-
-import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from gptframe.config import CausalLMTaskConfig
-from gptframe.models.gpt import GPT, GPTConfig
-from gptframe.training.parallelize import parallelize
-
-CHECKPOINT_KEY = "gptframe"  # our section of a Lightning checkpoint
-CHECKPOINT_FORMAT = 1
+from gptframe.tasks.base import TrainingTask
 
 
-class WarmupCosine:
-    """LR multiplier: linear warmup to 1, cosine decay to min_lr/lr at `decay_steps`, then flat (as nanoGPT)."""
+class CausalLMTask(TrainingTask):
+    name = "clm"
+    config_class = CausalLMTaskConfig
 
-    def __init__(self, warmup_steps: int, decay_steps: int, lr: float, min_lr: float):
-        self.warmup_steps = warmup_steps
-        self.decay_steps = max(decay_steps, warmup_steps + 1)
-        self.min_ratio = min_lr / lr
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return (step + 1) / (self.warmup_steps + 1)
-        if step >= self.decay_steps:
-            return self.min_ratio
-        progress = (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps)
-        return self.min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_ratio)
-
-
-def _numpy_rng_state() -> tuple:
-    """numpy's RNG state with its key array as a tensor, so checkpoints load with torch.load(weights_only=True)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
-
-
-class CausalLMTask(L.LightningModule):
-    def __init__(
-        self,
-        model_config: dict,
-        task_config: dict,
-        max_steps: int,
-        compile: bool = False,
-        tokenizer_files: dict[str, bytes] | None = None,
-        run_config: dict | None = None,
-    ):
-        super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_files"])
-        self.model = GPT(GPTConfig(**model_config))
-        self.task = CausalLMTaskConfig(**task_config)
-        self.max_steps = max_steps
-        self.compile = compile
-        self.tokenizer_files = tokenizer_files or {}
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.val_loss = MeanMetric()
-
-    def configure_model(self) -> None:
-        parallelize(self.model, compile=self.compile)
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, y = batch
         logits = self.model(x)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
 
-    def _logs_this_step(self) -> bool:
-        """True on the steps Lightning writes to the logger. self.log costs about a millisecond a call, a few
-        percent of a small model's step, so metrics are handed over only when they will be written."""
-        return (self.trainer.global_step + 1) % self.trainer.log_every_n_steps == 0
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        if self._logs_this_step():
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
+        self._log_train(loss)
         return loss
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Clip ourselves to log the pre-clip total norm (Lightning's clipping does not return it).
-        max_norm = gradient_clip_val if gradient_clip_val else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
-        if self._logs_this_step():
-            self.log("train/grad_norm", norm)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self.val_loss.update(self._loss(batch), weight=batch[1].numel())
@@ -97,41 +36,3 @@ class CausalLMTask(L.LightningModule):
         self.val_loss.reset()
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/perplexity", torch.exp(loss))
-
-    def configure_optimizers(self):
-        t = self.task
-        optimizer = torch.optim.AdamW(
-            self.model.optimizer_param_groups(t.weight_decay),
-            lr=t.lr,
-            betas=tuple(t.betas),
-            eps=t.eps,
-            fused=self.device.type == "cuda",
-        )
-        schedule = WarmupCosine(t.warmup_steps, t.lr_decay_steps or self.max_steps, t.lr, t.min_lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {
-            "format": CHECKPOINT_FORMAT,
-            "task": "clm",
-            "model_config": asdict(self.model.config),
-            "tokenizer_files": self.tokenizer_files,
-            # RNG states make a resumed run draw the same dropout masks as the uninterrupted one
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "numpy": _numpy_rng_state(),
-                "python": random.getstate(),
-            },
-        }
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rng = checkpoint.get(CHECKPOINT_KEY, {}).get("rng")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            kind, keys, pos, has_gauss, cached = rng["numpy"]
-            np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-            random.setstate(rng["python"])

@@ -10,6 +10,14 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
 
+def batch_tokens(batch) -> int:
+    """Tokens in a batch: (x, y) blocks, or a dict with input_ids (and attention_mask: real tokens only)."""
+    if isinstance(batch, dict):
+        mask = batch.get("attention_mask")
+        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    return batch[0].numel()
+
+
 class TokenThroughput(L.Callback):
     """Tokens/s of training (all ranks), excluding time spent in validation. Logged as train/tokens_per_s."""
 
@@ -28,7 +36,7 @@ class TokenThroughput(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
         if self._last is not None:  # the first batch (and the first after validation) only starts the clock
-            tokens = batch[0].numel() * trainer.world_size
+            tokens = batch_tokens(batch) * trainer.world_size
             self._window_tokens += tokens
             self._window_seconds += now - self._last
             self.total_tokens += tokens

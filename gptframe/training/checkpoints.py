@@ -1,46 +1,121 @@
-"""Reading gptframe checkpoints: clear errors for missing or truncated files, and models for inference."""
+"""gptframe checkpoints: Lightning checkpoints with a `gptframe` section that makes them self-contained.
+
+The section holds what rebuilds the plain model without any config: the task (`clm`, `mlm`, `classification`), the
+model config (with its `arch`), the label names of a classifier, and the tokenizer's files.
+"""
 
 from __future__ import annotations
 
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 
 from data_pipelines.tokenizers import Tokenizer, tokenizer_from_files
 from gptframe.errors import CheckpointError
-from gptframe.models.gpt import GPT, GPTConfig
-from gptframe.tasks.causal_lm import CHECKPOINT_KEY
+from gptframe.models.bert import BertConfig
+from gptframe.models.factory import build_model, model_config_from_dict
+from gptframe.models.gpt import GPTConfig
 
 LAST = "last.ckpt"
+CHECKPOINT_KEY = "gptframe"  # our section of a Lightning checkpoint
+CHECKPOINT_FORMAT = 2
+MODEL_PREFIX = "model."  # the LightningModule's attribute holding the plain model
+SHARDED_META_FILE = "meta.pt"  # Lightning's non-tensor part of a sharded checkpoint directory
 
 
 def load_checkpoint(path: str | Path, mmap: bool = True) -> dict:
-    """torch.load with errors that name the file and the problem. mmap: tensors stay on disk until touched."""
+    """torch.load with errors that name the file and the problem. mmap: tensors stay on disk until touched.
+
+    A directory is a sharded checkpoint (Lightning's ModelParallelStrategy / FSDP2): it is consolidated in memory.
+    """
     path = Path(path).expanduser()
-    if not path.is_file():
+    if path.is_dir():
+        ckpt = _load_sharded_checkpoint(path)
+    elif not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    if not zipfile.is_zipfile(path):
+    elif not zipfile.is_zipfile(path):
         raise CheckpointError(f"checkpoint {path} is truncated or not a torch checkpoint (no complete zip archive)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): {e}") from None
+    else:
+        try:
+            ckpt = torch.load(path, map_location="cpu", mmap=mmap, weights_only=False)
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {path} cannot be read (truncated or corrupt?): {e}") from None
     if not isinstance(ckpt, dict) or CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{path} is not a gptframe checkpoint (no '{CHECKPOINT_KEY}' section)")
+    meta = ckpt[CHECKPOINT_KEY]
+    meta.setdefault("task", "clm")  # format 1 had only causal LMs
+    meta.setdefault("labels", None)
+    meta["model_config"].setdefault("arch", "gpt")
     return ckpt
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """The plain model (eval mode) and tokenizer a checkpoint holds, plus its gptframe metadata."""
+def _load_sharded_checkpoint(path: Path) -> dict:
+    """A torch.distributed.checkpoint directory as Lightning writes it (`.metadata`, `*.distcp` shards, and `meta.pt`
+    with everything but the weights and optimizer states), as one full state dict in CPU memory. Only the weights are
+    read: the optimizer states (twice the model for AdamW) are not needed to use or export a model."""
+    meta_file = path / SHARDED_META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(
+            f"{path} is a directory but not a sharded Lightning checkpoint (no {SHARDED_META_FILE}); "
+            "expected a .ckpt file or a checkpoint directory written by ModelParallelStrategy"
+        )
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    ckpt: dict = {}
+    try:
+        _load_state_dict(ckpt, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
+                         no_dist=True)
+        extra = torch.load(meta_file, map_location="cpu", weights_only=False)
+    except (Exception, CheckpointException) as e:  # CheckpointException is a BaseException
+        cause = next(iter(e.failures.values()), (e,))[0] if isinstance(e, CheckpointException) else e  # (exc, trace)
+        reason = f"{type(cause).__name__}: {cause}".strip().splitlines()[0].rstrip(": ")
+        raise CheckpointError(f"sharded checkpoint {path} cannot be read (truncated or corrupt?): {reason}") from None
+    if isinstance(extra, dict):
+        ckpt.update({k: v for k, v in extra.items() if k != "state_dict"})
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A plain model (eval mode) with everything needed to use it."""
+
+    model: nn.Module
+    tokenizer: Tokenizer
+    task: str  # clm | mlm | classification
+    config: GPTConfig | BertConfig
+    labels: list[str] | None = None  # classification: label names by id
+
+    @property
+    def arch(self) -> str:
+        return self.config.arch
+
+
+def model_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The plain model's weights from a Lightning state dict (compiled models saved `_orig_mod.` names)."""
+    state = {}
+    for key, value in ckpt["state_dict"].items():
+        if key.startswith(MODEL_PREFIX):
+            state[key[len(MODEL_PREFIX) :].replace("_orig_mod.", "")] = value
+    return state
+
+
+def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     ckpt = load_checkpoint(path)
     meta = ckpt[CHECKPOINT_KEY]
-    model = GPT(GPTConfig(**meta["model_config"]))
-    prefix = "model."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    config = model_config_from_dict(meta["model_config"])
+    labels = meta["labels"]
+    model = build_model(meta["task"], config, len(labels) if labels else None)
     try:
-        model.load_state_dict(state)
+        model.load_state_dict(model_state_dict(ckpt))
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path}: weights do not match its model config: {e}") from None
     tokenizer = tokenizer_from_files(meta["tokenizer_files"])
-    return model.to(device).eval(), tokenizer, meta
+    return LoadedModel(model.to(device).eval(), tokenizer, meta["task"], config, labels)

@@ -25,16 +25,19 @@ def build_logger(cfg: LoggerConfig, run_dir: Path) -> Logger:
     return CSVLogger(save_dir=run_dir, name="logs")  # logs/version_N/metrics.csv, one version per invocation
 
 
-def build_trainer(cfg: TrainerConfig, run_dir: Path, logger: Logger | None) -> tuple[L.Trainer, dict]:
-    """The Trainer plus the callbacks the run reads back (history, throughput, checkpoints)."""
+def build_trainer(
+    cfg: TrainerConfig, run_dir: Path, logger: Logger | None, monitor: tuple[str, str] = ("val/loss", "min")
+) -> tuple[L.Trainer, dict]:
+    """The Trainer plus the callbacks the run reads back (history, throughput, checkpoints). `monitor`: the
+    (metric, min|max) that picks the best checkpoint."""
     ckpt_dir = run_dir / "checkpoints"
     history = MetricsHistory(cfg.log_every_n_steps)
     throughput = TokenThroughput(cfg.log_every_n_steps)
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best-step{step:06d}",
-        monitor="val/loss",
-        mode="min",
+        monitor=monitor[0],
+        mode=monitor[1],
         save_top_k=1,
         save_last=True,
         auto_insert_metric_name=False,

@@ -36,7 +36,7 @@ def _assert_rejected(res, *fragments, run_dir=None):
 
 
 BAD_INPUT = {
-    "typo": (["model.n_layr=3"], ["Key 'n_layr' not in 'GPTConfig'", "model.n_layr"]),
+    "typo": (["model.n_layr=3"], ["Key 'n_layr' not in 'GPTModelConfig'", "model.n_layr"]),
     "wrong_type": (["model.n_layer=three"], ["Value 'three'", "model.n_layer"]),
     "negative_steps": (["trainer.max_steps=-5"], ["trainer.max_steps must be >= 1, got -5"]),
     "bad_choice": (["trainer.precision=fp8"], ["trainer.precision must be"]),

@@ -9,6 +9,7 @@ from data_pipelines import TINY_SHAKESPEARE
 from data_pipelines.tokenizers import CharTokenizer
 from gptframe.config import CausalLMTaskConfig, TrainConfig, to_typed
 from gptframe.errors import ConfigError, TokenizerError
+from gptframe.models.bert import BertConfig
 from gptframe.models.gpt import GPTConfig
 from gptframe.training.run import resolve_model_config
 from tests.conftest import compose
@@ -37,7 +38,8 @@ def test_shakespeare_char_cpu_is_nanogpts_baby_gpt():
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_named_model_composes_to_a_typed_schema(name):
     cfg = to_typed(compose([f"model={name}"]))
-    assert isinstance(cfg.model, GPTConfig)
+    assert isinstance(cfg.model, GPTConfig if name.startswith("gpt") else BertConfig)
+    assert cfg.model.arch == name.split("_")[0].replace("gpt2", "gpt")
 
 
 def test_gpt2_124m_pads_the_vocab_to_a_multiple_of_64():

@@ -5,6 +5,7 @@ import torch
 
 from gptframe.inference.generate import filter_logits, generate_tokens
 from gptframe.models.gpt import GPT, GPTConfig
+from gptframe.training.optim import decay_param_groups
 
 
 def _model(**kw) -> GPT:
@@ -83,7 +84,7 @@ def test_gpt2_initialisation_scales_residual_projections():
     std = model.transformer.h[0].attn.c_proj.weight.std().item()
     assert abs(std - 0.02 / math.sqrt(16)) < 0.001
     assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 0.001
-    groups = model.optimizer_param_groups(0.1)
+    groups = decay_param_groups(model, 0.1)
     assert {p.dim() for p in groups[0]["params"]} == {2} and {p.dim() for p in groups[1]["params"]} == {1}
 
 

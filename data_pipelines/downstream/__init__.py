@@ -1,0 +1,1 @@
+"""Downstream (fine-tuning) datasets derived from the bundled corpora."""
