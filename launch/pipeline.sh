@@ -38,9 +38,9 @@ if [[ $arch == gpt ]]; then
   pretrain_recipe=(task=clm tokenizer=sentencepiece model=gpt_micro)
   finetune_recipe=(task.lr=3e-4 task.max_seq_len=128 trainer.max_epochs=4 data.batch_size=16)
 else
-  pretrain_recipe=(task=mlm tokenizer=wordpiece tokenizer.vocab_size=4096 model=bert_mini trainer.max_steps=1200
-                   task.lr=1e-3 task.nsp=false data.batch_size=32 trainer.val_check_interval=300)
-  finetune_recipe=(task.lr=1e-4 task.max_seq_len=128 trainer.max_epochs=4 data.batch_size=16)
+  pretrain_recipe=(task=mlm tokenizer=wordpiece tokenizer.vocab_size=4096 model=bert_mini task.max_seq_len=64
+                   task.lr=5e-4 data.batch_size=32 trainer.max_steps=1000 trainer.val_check_interval=250)
+  finetune_recipe=(task.lr=3e-4 task.max_seq_len=128 trainer.max_epochs=6 data.batch_size=16)
 fi
 
 mkdir -p "$dir"

@@ -7,35 +7,17 @@ but values are taken verbatim, so prompts may hold colons, spaces and quotes.
 from __future__ import annotations
 
 import sys
-from dataclasses import fields
 
 import torch
-from omegaconf import OmegaConf
 
-from gptframe.cli.common import user_errors_exit
+from gptframe.cli.common import parse_key_values, user_errors_exit
 from gptframe.config import GenerateConfig
-from gptframe.errors import ConfigError
 
 PROGRAM = "gptframe-generate"
 
 
 def parse_args(argv: list[str]) -> GenerateConfig:
-    cfg = OmegaConf.structured(GenerateConfig)
-    known = {f.name for f in fields(GenerateConfig)}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise ConfigError(f"expected key=value, got {arg!r} (keys: {', '.join(sorted(known))})")
-        if key not in known:
-            raise ConfigError(f"unknown argument {key!r} (keys: {', '.join(sorted(known))})")
-        try:
-            cfg[key] = None if value.lower() in ("null", "none") and key not in ("prompt",) else value
-        except Exception as e:
-            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
-    try:
-        return OmegaConf.to_object(cfg)
-    except Exception as e:
-        raise ConfigError(str(e).splitlines()[0]) from None
+    return parse_key_values(argv, GenerateConfig, verbatim=("prompt",))
 
 
 def main(argv: list[str] | None = None) -> None:
