@@ -109,3 +109,40 @@ def test_prepare_cli_prints_the_index(tmp_path, small_corpus):
     info = json.loads(res.stdout)  # logs go to stderr: stdout is the JSON alone
     assert info["tokenizer"]["kind"] == "sentencepiece" and info["num_tokens"]["train"] > 0
     assert (tmp_path / "datasets").is_dir()
+
+
+def _labeled(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_fine_tuning_bad_input_exits_with_one_clear_error(trained, tmp_path, cache_dir):
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    train = _labeled(tmp_path / "train.jsonl", [{"text": "First Citizen", "label": "a"}, {"text": "MENENIUS", "label": "b"}])
+    unseen = _labeled(tmp_path / "unseen.jsonl", [{"text": "ROMEO", "label": "c"}])
+    no_label = _labeled(tmp_path / "nolabel.jsonl", [{"text": "ROMEO", "speaker": "a"}])
+    data = tmp_path / "broken.ckpt"
+    data.write_bytes(ckpt.read_bytes()[:5000])
+    cases = {
+        "unseen_label": ([f"model.init_from={ckpt}", f"data.train_path={train}", f"data.val_path={unseen}"],
+                         [f"{unseen}: labels ['c'] never occur in the training data"]),
+        "missing_label_column": ([f"model.init_from={ckpt}", f"data.train_path={train}", f"data.val_path={no_label}"],
+                                 [f"{no_label} has no 'label' column (data.label_column)"]),
+        "missing_paths": ([f"model.init_from={ckpt}"], ["task=classification needs data.train_path and data.val_path"]),
+        "truncated_init_from": ([f"model.init_from={data}", f"data.train_path={train}", f"data.val_path={train}"],
+                                [f"checkpoint {data} is truncated"]),
+    }
+    for name, (overrides, fragments) in cases.items():
+        run_dir = tmp_path / f"run-{name}"
+        res = run_cli("gptframe-train", "task=classification", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
+                      *overrides)
+        _assert_rejected(res, *fragments, run_dir=run_dir)
+
+
+def test_task_and_model_that_do_not_fit_is_a_clear_error(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    res = run_cli("gptframe-train", *TINY_RUN, "task=mlm", f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}")
+    _assert_rejected(res, "task=mlm does not train a GPT model", run_dir=run_dir)
+    res = run_cli("gptframe-train", "task=mlm", "model=bert_mini", "tokenizer=char", f"data.cache_dir={cache_dir}",
+                  f"hydra.run.dir={run_dir}", "trainer.max_steps=2")
+    _assert_rejected(res, "masked-LM training needs [CLS], [SEP], [MASK] and [PAD] tokens", run_dir=run_dir)

@@ -107,3 +107,18 @@ def test_gpt_classifier_learns_an_easy_task(tmp_path, cache_dir, small_corpus):
     )
     assert summary["arch"] == "gpt" and summary["labels"] == ["question", "statement"]
     assert summary["val_accuracy"] > 0.9 and summary["val_f1"] > 0.9
+
+
+def test_gpt_continues_as_a_language_model_on_a_task_corpus(tmp_path, cache_dir, small_corpus, shakespeare_text):
+    """task=clm with model.init_from: the architecture, tokenizer and all weights come from the checkpoint."""
+    source = _train(tmp_path / "source", cache_dir, *TINY_RUN, f"data.path={small_corpus}", "trainer.max_steps=60")
+    task_corpus = tmp_path / "task.txt"
+    seen = set(small_corpus.read_text())  # the char tokenizer comes from the checkpoint: no new characters
+    task_corpus.write_text("".join(c for c in shakespeare_text[60_000:90_000] if c in seen))
+    common = [*TINY_RUN, f"data.path={task_corpus}", "trainer.max_steps=1", "task.lr=1e-9", "task.min_lr=0",
+              "task.warmup_steps=0"]
+    scratch = _train(tmp_path / "scratch", cache_dir, *common)
+    tuned = _train(tmp_path / "tuned", cache_dir, *common, f"model.init_from={source['checkpoint']}",
+                   "model.n_layer=7")  # ignored: the architecture comes from init_from
+    assert tuned["tokenizer"] == source["tokenizer"] and tuned["params"] == source["params"]
+    assert tuned["val_loss"] < scratch["val_loss"] - 0.5  # one (no-op) step in, it already models Shakespeare
