@@ -125,7 +125,7 @@ def build_tokenizer(
                 max_training_lines=cfg.max_training_lines,
                 num_threads=max(1, os.cpu_count() or 1),
             )
-        _publish_dir(target, tokenizer.save)
+        publish_dir(target, tokenizer.save)
         _release_freed_memory()
         log.info("tokenizer: trained %s in %.1fs -> %s", tokenizer, time.perf_counter() - t0, target)
         return tokenizer
@@ -197,17 +197,20 @@ def prepare_dataset(
             (tmp / INDEX_FILE).write_text(json.dumps(index, indent=1))
             log.info("data: tokenized %s into %s tokens in %.1fs (%d processes)", corpus.description, counts, seconds, num_proc)
 
-        _publish_dir(target, write)
+        publish_dir(target, write)
         return PreparedData.load(target)
 
 
-def _publish_dir(target: Path, fill) -> None:
-    """Fill a temporary sibling dir, then rename it to `target`: readers see all of it or nothing."""
+def publish_dir(target: Path, fill, replace: bool = False) -> None:
+    """Fill a temporary sibling dir, then rename it to `target`: readers see all of it or nothing, and a failure
+    leaves nothing behind. replace: an existing `target` is removed just before the rename."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         fill(tmp)
+        if replace and target.exists():
+            shutil.rmtree(target)
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines import TINY_SHAKESPEARE
+from data_pipelines.prepare import publish_dir
 
 SPEAKER_LINE = re.compile(r"^([A-Z][A-Za-z' ]*[A-Za-z]):$")
 
@@ -93,21 +92,16 @@ def write(out_dir: str | Path, num_speakers: int = 8, val_fraction: float = 0.2,
     """Write the task files atomically (a temporary dir renamed into place); returns the stats."""
     out_dir = Path(out_dir)
     result = build(TINY_SHAKESPEARE.read_text(encoding="utf-8"), num_speakers, val_fraction, seed)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    def fill(tmp: Path) -> None:
         for split in ("train", "val"):
             with (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as f:
                 for p in result[split]:
                     f.write(json.dumps({"text": p.text, "label": p.speaker}) + "\n")
         (tmp / "pretrain.txt").write_text(result["pretrain"], encoding="utf-8")
         (tmp / "stats.json").write_text(json.dumps(result["stats"], indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    publish_dir(out_dir, fill, replace=True)
     return result["stats"]
 
 

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+from data_pipelines.prepare import publish_dir
 from data_pipelines.tokenizers import Tokenizer, load_hf_tokenizer
 from gptframe.errors import CheckpointError, ConfigError, TokenizerError
 from gptframe.models.bert import BertConfig, BertForSequenceClassification
@@ -404,20 +403,14 @@ def export_model(loaded: LoadedModel, out_dir: str | Path, head: str | None = No
     hf_model = to_hf_model(loaded, hf_class)
     meta = {"format": GPTFRAME_FORMAT, "task": loaded.task, "arch": loaded.arch, "hf_class": hf_class,
             "labels": loaded.labels, "model_config": asdict(loaded.config)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    def fill(tmp: Path) -> None:
         hf_model.save_pretrained(tmp)
         for name, data in tokenizer_files.items():
             (tmp / name).write_bytes(data)
         (tmp / GPTFRAME_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    publish_dir(out, fill, replace=True)
     log.info("exported %s %s model as %s to %s", loaded.arch, loaded.task, hf_class, out)
     return out
 
