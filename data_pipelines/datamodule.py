@@ -7,6 +7,9 @@ batches the uninterrupted run would have seen; ranks take disjoint slices of eac
 
 from __future__ import annotations
 
+import logging
+import os
+
 import lightning as L
 import numpy as np
 import torch
@@ -18,6 +21,24 @@ from data_pipelines.errors import DataError
 from data_pipelines.mlm import MaskedLMExamples
 from data_pipelines.prepare import PreparedData
 from data_pipelines.sampling import EvalBlockSampler, RandomBlockSampler
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: SLURM's cpus-per-task when set, else the affinity mask."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers, capped so that they and the training process fit the CPUs this rank was given."""
+    workers = min(requested, max(0, available_cpus() - 1))
+    if workers < requested:
+        log.info("data: %d loader workers instead of data.num_workers=%d (%d CPUs available)", workers, requested,
+                 available_cpus())
+    return workers
 
 
 class StreamDataModule(L.LightningDataModule):
@@ -35,13 +56,14 @@ class StreamDataModule(L.LightningDataModule):
         return 0 if self.trainer is None else self.trainer.global_step * self.trainer.accumulate_grad_batches
 
     def _batch_loader(self, dataset, batch_sampler) -> DataLoader:
+        workers = loader_workers(self.num_workers)
         return DataLoader(
             dataset,
             sampler=batch_sampler,
             batch_size=None,  # the sampler yields whole batches; the dataset builds them in one call
-            num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches: asynchronous host-to-GPU copies
+            persistent_workers=workers > 0,
             # its own generator: creating an iterator must not draw from the global RNG (dropout), or a resumed
             # run (which creates one more iterator) would diverge from the uninterrupted one
             generator=torch.Generator().manual_seed(self.seed),
@@ -90,7 +112,8 @@ class CausalLMDataModule(StreamDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        max_blocks = None if self.eval_batches is None else self.eval_batches * self.batch_size
+        # eval_batches counts global batches, so every world size evaluates the same blocks
+        max_blocks = None if self.eval_batches is None else self.eval_batches * self.batch_size * world
         sampler = EvalBlockSampler(
             self.prepared.num_tokens("val"), self.block_size, self.batch_size, max_blocks, rank, world
         )
@@ -139,7 +162,7 @@ class MaskedLMDataModule(StreamDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        max_examples = None if self.eval_batches is None else self.eval_batches * self.batch_size
+        max_examples = None if self.eval_batches is None else self.eval_batches * self.batch_size * world
         stride = max(1, self.max_seq_len - 2)  # one example per max_seq_len tokens covers the split
         num_tokens = self.prepared.num_tokens("val")
         sampler = EvalBlockSampler(

@@ -5,8 +5,8 @@ sampled offset: segment A runs from there inside its document, segment B either 
 ("is next") or is a span of another document ("random next"; a corpus of one document takes a distant span). Without
 NSP (RoBERTa's FULL-SENTENCES) an example is one contiguous span that may cross documents, [SEP] between them.
 
-Masking is dynamic: every example draws its own mask from a generator seeded by (seed, batch, position), so resumed
-runs see the same masks and no two epochs share them. Of the chosen 15% of non-special tokens, 80% become [MASK],
+Masking is dynamic: every example draws its own mask from a generator seeded by (seed, example key, offset), so resumed
+runs and DDP ranks see the same masks as one uninterrupted process, and no two epochs share them. Of the chosen 15% of non-special tokens, 80% become [MASK],
 10% a random token, 10% stay; whole-word masking chooses words (a WordPiece token and its "##" continuations).
 """
 
@@ -103,12 +103,12 @@ class MaskedLMExamples:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def __getitem__(self, batch: tuple[int, list[int]]) -> dict[str, torch.Tensor]:
-        """batch = (batch index in the global stream, example start offsets); deterministic in both."""
-        index, offsets = batch
+    def __getitem__(self, batch: tuple[list[int], list[int]]) -> dict[str, torch.Tensor]:
+        """batch = (each example's key in the global stream, example start offsets); deterministic in both."""
+        keys, offsets = batch
         examples = []
-        for i, offset in enumerate(offsets):
-            rng = np.random.default_rng([self.seed, index, i, offset])
+        for key, offset in zip(keys, offsets, strict=True):
+            rng = np.random.default_rng([self.seed, key, offset])
             ids, types, is_random_next = self._pair(rng, offset) if self.nsp else self._full_span(offset)
             masked, labels = self._mask(rng, ids)
             examples.append((masked, types, is_random_next, labels))

@@ -36,7 +36,9 @@ class RandomBlockSampler:
         self.rank = rank
         self.world_size = world_size
         self.start_batch = start_batch
-        self.with_index = with_index  # yield (global batch index, offsets): example builders seed from the index
+        # yield (example keys, offsets): a key numbers an example in the global stream, the same whatever the world
+        # size, so example builders that seed from it (masking) give DDP ranks exactly the single-process examples
+        self.with_index = with_index
 
     def global_batch(self, b: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, b])
@@ -47,7 +49,11 @@ class RandomBlockSampler:
         lo, hi = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
         while True:
             offsets = self.global_batch(b)[lo:hi].tolist()
-            yield (b, offsets) if self.with_index else offsets
+            if self.with_index:
+                first = b * self.batch_size * self.world_size + lo
+                yield list(range(first, first + len(offsets))), offsets
+            else:
+                yield offsets
             b += 1
 
 
@@ -73,6 +79,7 @@ class EvalBlockSampler:
             raise ValueError(f"need more than block_size={block_size} tokens to evaluate, have {num_tokens}")
         if max_blocks is not None and max_blocks < starts.size:
             starts = starts[np.linspace(0, starts.size - 1, max_blocks).round().astype(np.int64)]
+        self.keys = np.arange(starts.size)[rank::world_size]  # an example's place in the whole split
         self.starts = starts[rank::world_size]
         self.batch_size = batch_size
 
@@ -82,4 +89,4 @@ class EvalBlockSampler:
     def __iter__(self) -> Iterator:
         for i in range(0, len(self.starts), self.batch_size):
             offsets = self.starts[i : i + self.batch_size].tolist()
-            yield (i, offsets) if self.with_index else offsets
+            yield (self.keys[i : i + self.batch_size].tolist(), offsets) if self.with_index else offsets

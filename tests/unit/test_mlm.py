@@ -28,6 +28,12 @@ def _stream(doc_lengths: list[int]) -> np.ndarray:
     return np.concatenate(parts).astype(np.uint16)
 
 
+def _keyed(batch_index: int, offsets: list[int]) -> tuple[list[int], list[int]]:
+    """(example keys, offsets) as the training sampler yields them for one process."""
+    first = batch_index * len(offsets)
+    return list(range(first, first + len(offsets))), offsets
+
+
 def _examples(tokens, nsp=True, seed=0, max_seq_len=32, masking=None, **kw):
     return MaskedLMExamples(tokens, SPECIAL, max_seq_len, masking or MaskingConfig(), nsp, short_seq_prob=0.0, seed=seed, **kw)
 
@@ -46,7 +52,7 @@ def test_nsp_pairs_have_bert_layout_and_honest_labels():
     labels_seen = []
     for b in range(40):
         offsets = np.random.default_rng(b).integers(0, len(tokens) - 1, size=8).tolist()
-        batch = ex[(b, offsets)]
+        batch = ex[_keyed(b, offsets)]
         for row in range(8):
             mask = batch["attention_mask"][row].bool()
             ids = batch["input_ids"][row][mask].numpy()
@@ -74,7 +80,7 @@ def test_single_document_random_next_is_not_adjacent():
     tokens = _stream([5000])
     ex = _examples(tokens)
     for b in range(20):
-        batch = ex[(b, np.random.default_rng(b).integers(0, 4999, size=8).tolist())]
+        batch = ex[_keyed(b, np.random.default_rng(b).integers(0, 4999, size=8).tolist())]
         for row in np.flatnonzero(batch["nsp_labels"].numpy() == 1):
             labels, inputs = batch["labels"][row].numpy(), batch["input_ids"][row].numpy()
             ids = np.where(labels != IGNORE_INDEX, labels, inputs)
@@ -88,7 +94,7 @@ def test_masking_rates_are_bert_s_15_80_10_10():
     ex = _examples(tokens, nsp=False, max_seq_len=64)
     chosen = masked = randomised = kept = candidates = 0
     for b in range(60):
-        batch = ex[(b, np.random.default_rng(b).integers(0, 19000, size=16).tolist())]
+        batch = ex[_keyed(b, np.random.default_rng(b).integers(0, 19000, size=16).tolist())]
         ids, labels = batch["input_ids"].numpy(), batch["labels"].numpy()
         predicted = labels != IGNORE_INDEX
         assert not np.isin(labels[predicted], [CLS, SEP, PAD]).any()  # special tokens are never predicted
@@ -109,7 +115,7 @@ def test_masks_are_deterministic_per_batch_index_and_differ_between_batches():
     tokens = _stream([3000, 3000])
     ex = _examples(tokens)
     offsets = [5, 900, 3100, 4000]
-    first, again, other = ex[(7, offsets)], ex[(7, offsets)], ex[(8, offsets)]
+    first, again, other = ex[_keyed(7, offsets)], ex[_keyed(7, offsets)], ex[_keyed(8, offsets)]
     for key in first:
         assert (first[key] == again[key]).all()
     assert not (first["labels"] == other["labels"]).all()
@@ -125,7 +131,7 @@ def test_whole_word_masking_masks_every_piece_of_a_word(shakespeare_text):
                           continuation=continuation)
     checked = 0
     for b in range(20):
-        batch = ex[(b, np.random.default_rng(b).integers(0, len(ids) - 70, size=8).tolist())]
+        batch = ex[_keyed(b, np.random.default_rng(b).integers(0, len(ids) - 70, size=8).tolist())]
         for row in range(8):
             labels = batch["labels"][row].numpy()
             original = np.where(labels != IGNORE_INDEX, labels, batch["input_ids"][row].numpy())
