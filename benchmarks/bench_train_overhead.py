@@ -25,7 +25,7 @@ What is timed (steady state, the same steps on both sides):
 
 * plain: `time.perf_counter()` around steps `warmup+1 .. N` (after `--warmup` untimed steps, default 50): batch
   drawing, forward, loss, backward, clipping, optimizer and scheduler steps.
-* framework: the `train/tokens_per_s` column of `<run_dir>/logs/version_0/metrics.csv`. gptframe's `TokenThroughput`
+* framework: the `train/tokens_per_s` column of `<run_dir>/logs/version_0/metrics.csv`. gptframe's `ThroughputMonitor`
   callback logs it every `log_every_n_steps` (10) optimizer steps over the window since its previous log, measured
   from one `on_train_batch_end` to the next, so a window holds everything Lightning does per step (data loading,
   training_step, logging, clipping, optimizer, callbacks) and nothing of start-up, data preparation, validation or
@@ -121,7 +121,7 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
 
     t0 = None
     loss_value = float("nan")
-    windows = []  # tokens/s per LOG_EVERY steps, as gptframe's TokenThroughput logs them
+    windows = []  # tokens/s per LOG_EVERY steps, as gptframe's ThroughputMonitor logs them
     t_window = None
     for step in range(1, steps + 1):
         x, y = get_batch()

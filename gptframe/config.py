@@ -122,19 +122,28 @@ def split_model_schema(schema: GPTModelConfig | BertModelConfig) -> tuple[GPTCon
     return plain, schema.init_from
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true")
+
+
 @dataclass
 class TrainerConfig:
     accelerator: str = "auto"  # auto | cpu | gpu | cuda | mps
-    devices: Any = "auto"  # int, list of ids, or "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
+    # processes per node: an int, a list of GPU ids, or "auto" (what torchrun / srun started, else all GPUs or 1 CPU)
+    devices: Any = "auto"
+    num_nodes: Any = 1  # an int, or "auto": what torchrun / srun started
+    strategy: str = "auto"  # auto (one device) | ddp | fsdp (FSDP2: fully_shard per block, then the root)
     precision: str = "auto"  # auto (bf16-mixed on bf16-capable GPUs, else 32) | 32 | bf16-mixed | 16-mixed | bf16-true
+    activation_checkpointing: bool = False  # recompute each transformer block in backward: less memory, ~30% more compute
+    fsdp_reshard_after_forward: bool = True  # FSDP: free gathered weights after forward (ZeRO-3); false: keep (ZeRO-2)
     max_steps: int = 2000  # optimizer steps
     max_epochs: int | None = None  # classification: train this many epochs (sets max_steps; validates every epoch)
     val_check_interval: int = 250  # optimizer steps between evaluations
     eval_batches: int | None = 20  # batches per periodic evaluation; None: the whole val split
     final_eval_batches: int | None = None  # batches of the evaluation after training; None: the whole val split
     accumulate_grad_batches: int = 1
+    # tokens per optimizer step over all ranks; sets accumulate_grad_batches from the world size and micro-batch
+    global_batch_tokens: int | None = None
     gradient_clip_val: float = 1.0  # max grad norm; 0 disables clipping
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int | None = None  # also keep a checkpoint every N steps
@@ -143,37 +152,57 @@ class TrainerConfig:
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        positive = ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps", "num_nodes")
+        positive = ("max_steps", "val_check_interval", "accumulate_grad_batches", "log_every_n_steps")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs"):
+        for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs",
+                     "global_batch_tokens"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
-        if self.precision not in (
-            "auto",
-            "32",
-            "32-true",
-            "bf16-mixed",
-            "16-mixed",
-            "bf16-true",
-            "16-true",
-            "64",
-            "64-true",
-        ):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"trainer.strategy must be one of {'|'.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be auto|32|bf16-mixed|16-mixed|bf16-true, got {self.precision!r}")
         if self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        if not (self.num_nodes == "auto" or (isinstance(self.num_nodes, int) and self.num_nodes >= 1)):
+            raise ValueError(f"trainer.num_nodes must be an int >= 1 or 'auto', got {self.num_nodes!r}")
+        devices_ok = (
+            self.devices == "auto"
+            or (isinstance(self.devices, int) and self.devices >= 1)
+            or (isinstance(self.devices, list) and all(isinstance(d, int) for d in self.devices) and self.devices)
+        )
+        if not devices_ok:
+            raise ValueError(f"trainer.devices must be an int >= 1, a list of device ids or 'auto', got {self.devices!r}")
 
 
 @dataclass
 class LoggerConfig:
-    kind: str = "csv"  # csv
+    """Where metrics go: csv and tensorboard under <run dir>/logs; wandb under <run dir>/wandb (the rest is W&B's)."""
+
+    kind: str = "csv"  # csv | tensorboard | wandb
+    project: str = "gptframe"
+    entity: str | None = None  # team or user; None: the API key's default entity
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None  # the W&B run's display name; None: the run's `name`
+    mode: str = "auto"  # auto (online if an API key is configured, else offline) | online | offline | disabled
+    log_samples: bool = True  # a table at each validation: GPT continuations of val prompts, BERT fill-mask
+    num_samples: int = 4  # rows of that table
+    sample_max_new_tokens: int = 32  # tokens generated per GPT sample
 
     def __post_init__(self) -> None:
-        if self.kind not in ("csv",):
-            raise ValueError(f"logger.kind must be 'csv', got {self.kind!r}")
+        if self.kind not in ("csv", "tensorboard", "wandb"):
+            raise ValueError(f"logger.kind must be csv|tensorboard|wandb, got {self.kind!r}")
+        if self.mode not in ("auto", "online", "offline", "disabled"):
+            raise ValueError(f"logger.mode must be auto|online|offline|disabled, got {self.mode!r}")
+        if self.num_samples < 1 or self.sample_max_new_tokens < 1:
+            raise ValueError(
+                f"logger.num_samples and logger.sample_max_new_tokens must be >= 1, got {self.num_samples} and "
+                f"{self.sample_max_new_tokens}"
+            )
 
 
 @dataclass

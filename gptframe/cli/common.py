@@ -57,6 +57,8 @@ def tidy_lightning_logging() -> None:
     # expected on resume / harmless upstream deprecations: keep the console for what matters
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+    # val metrics are torchmetrics objects, already reduced over ranks before they are logged
+    warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('val/.*sync_dist=True.*")
 
 
 def add_file_log(run_dir: Path, name: str) -> None:

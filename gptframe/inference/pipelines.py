@@ -1,7 +1,9 @@
 """`gptframe.pipeline(task, model=PATH)`: the shapes users know from transformers.pipeline.
 
-PATH is a gptframe checkpoint, a gptframe export or a Hugging Face model directory. Inputs are encoded exactly as
-in training (`data_pipelines.classification.encode_examples`), so a pipeline sees what the model was tuned on.
+PATH is a gptframe checkpoint, a gptframe export or a Hugging Face model directory; a `LoadedModel` already in memory
+(e.g. the model being trained, for the samples logged at validation) is used as it is, on its device. Inputs are
+encoded exactly as in training (`data_pipelines.classification.encode_examples`), so a pipeline sees what the model
+was tuned on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from gptframe.errors import CheckpointError
 from gptframe.inference.generate import generate_tokens
 from gptframe.loading import load_model, require_task
 from gptframe.models.factory import backbone
+from gptframe.training.checkpoints import LoadedModel
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -23,13 +26,24 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
+def _load(model: str | Path | LoadedModel, device: str | None) -> tuple[LoadedModel, torch.device]:
+    """The model and the device inputs go to: loaded from a path, or one in memory where its weights are."""
+    if isinstance(model, LoadedModel):
+        return model, next(model.model.parameters()).device
+    device = resolve_device(device)
+    return load_model(model, device), device
+
+
+def _where(model: str | Path | LoadedModel) -> str:
+    return "the given model" if isinstance(model, LoadedModel) else str(model)
+
+
 class TextGenerationPipeline:
     """pipe(prompt or [prompts], max_new_tokens=..., do_sample=..., ...) -> [{"generated_text": prompt + continuation}]"""
 
-    def __init__(self, model_path: str | Path, device: str | None = None):
-        self.device = resolve_device(device)
-        loaded = load_model(model_path, self.device)
-        require_task(loaded, "clm", "gpt", "text-generation", model_path)
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
+        loaded, self.device = _load(model_path, device)
+        require_task(loaded, "clm", "gpt", "text-generation", _where(model_path))
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     def __call__(
@@ -74,9 +88,8 @@ class TextGenerationPipeline:
 class _EncoderPipeline:
     """Shared by the pipelines that read a whole text: the loaded model and the training-time encoding."""
 
-    def __init__(self, model_path: str | Path, device: str | None = None):
-        self.device = resolve_device(device)
-        self.loaded = load_model(model_path, self.device)
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
+        self.loaded, self.device = _load(model_path, device)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
         config = self.loaded.config
         self.max_len = config.block_size if config.arch == "gpt" else config.max_position_embeddings
@@ -95,11 +108,11 @@ class FillMaskPipeline(_EncoderPipeline):
     """pipe("the [MASK] of rome", top_k=5) -> [{"score", "token", "token_str", "sequence"}, ...] best first; with
     several [MASK] tokens, one such list per mask."""
 
-    def __init__(self, model_path: str | Path, device: str | None = None):
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         super().__init__(model_path, device)
-        require_task(self.loaded, "mlm", "bert", "fill-mask", model_path)
+        require_task(self.loaded, "mlm", "bert", "fill-mask", _where(model_path))
         if self.tokenizer.mask_id is None:
-            raise CheckpointError(f"fill-mask: the tokenizer of {model_path} has no [MASK] token")
+            raise CheckpointError(f"fill-mask: the tokenizer of {_where(model_path)} has no [MASK] token")
 
     @torch.no_grad()
     def __call__(self, inputs: str | list[str], top_k: int = 5):
@@ -138,9 +151,9 @@ class TextClassificationPipeline(_EncoderPipeline):
     """pipe(text or {"text", "text_pair"}, top_k=1) -> [{"label", "score"}]; a list of inputs gives one dict each
     (top_k > 1 or None: a ranked list each)."""
 
-    def __init__(self, model_path: str | Path, device: str | None = None):
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         super().__init__(model_path, device)
-        require_task(self.loaded, "classification", None, "text-classification", model_path)
+        require_task(self.loaded, "classification", None, "text-classification", _where(model_path))
 
     @torch.no_grad()
     def __call__(self, inputs, top_k: int | None = 1):
@@ -187,7 +200,7 @@ PIPELINES = {
 }
 
 
-def pipeline(task: str, model: str | Path, device: str | None = None):
+def pipeline(task: str, model: str | Path | LoadedModel, device: str | None = None):
     if task not in PIPELINES:
         raise ValueError(f"unknown pipeline task {task!r}; available: {sorted(PIPELINES)}")
     return PIPELINES[task](model, device=device)

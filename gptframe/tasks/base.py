@@ -56,6 +56,8 @@ class TrainingTask(L.LightningModule):
         task_config: dict,
         max_steps: int,
         compile: bool = False,
+        activation_checkpointing: bool = False,
+        reshard_after_forward: bool = True,
         tokenizer_files: dict[str, bytes] | None = None,
         labels: list[str] | None = None,
         run_config: dict | None = None,
@@ -68,10 +70,26 @@ class TrainingTask(L.LightningModule):
         self.model = build_model(self.name, self.model_config, len(labels) if labels else None)
         self.max_steps = max_steps
         self.compile = compile
+        self.activation_checkpointing = activation_checkpointing
+        self.reshard_after_forward = reshard_after_forward
         self.tokenizer_files = tokenizer_files or {}
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        """True when some weights get no gradient (DDP must then look for them every step)."""
+        return False
+
     def configure_model(self) -> None:
-        parallelize(self.model, compile=self.compile)
+        mesh = self.device_mesh  # set by ModelParallelStrategy (trainer.strategy=fsdp), else None
+        bf16_mixed = self.trainer.precision == "bf16-mixed" if self._trainer is not None else False
+        parallelize(
+            self.model,
+            compile=self.compile,
+            activation_checkpointing=self.activation_checkpointing,
+            data_parallel_mesh=mesh["data_parallel"] if mesh is not None else None,
+            reshard_after_forward=self.reshard_after_forward,
+            param_dtype=torch.bfloat16 if bf16_mixed else None,
+        )
 
     def _logs_this_step(self) -> bool:
         """True on the steps Lightning writes to the logger. self.log costs about a millisecond a call, a few
@@ -80,17 +98,18 @@ class TrainingTask(L.LightningModule):
 
     def _log_train(self, loss: torch.Tensor, **extra: torch.Tensor) -> None:
         if self._logs_this_step():
-            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)  # the mean over ranks: the global batch's loss
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0])
             for key, value in extra.items():
-                self.log(f"train/{key}", value)
+                self.log(f"train/{key}", value, sync_dist=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Clip ourselves to log the pre-clip total norm (Lightning's clipping does not return it).
         max_norm = gradient_clip_val if gradient_clip_val else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         if self._logs_this_step():
-            self.log("train/grad_norm", norm)
+            # sharded (FSDP2) weights give a DTensor norm: the total over all shards
+            self.log("train/grad_norm", norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def configure_optimizers(self):
         t = self.task

@@ -23,6 +23,10 @@ class MaskedLMTask(TrainingTask):
         self.val_nsp_loss = MeanMetric()
         self.val_nsp_accuracy = MeanMetric()
 
+    @property
+    def has_unused_parameters(self) -> bool:
+        return not self.task.nsp  # the pooler and NSP head get no gradient without next-sentence prediction
+
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mlm_logits, nsp_logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         labels = batch["labels"]
@@ -30,8 +34,15 @@ class MaskedLMTask(TrainingTask):
         # the MLM head only on predicted positions: a small fraction of the [B, T, V] logits a full pass costs
         logits = mlm_logits[predicted]
         targets = labels[predicted]
+        if self.training and self.trainer.world_size > 1:
+            # mean over the masked tokens of the *global* batch: ranks mask different numbers of tokens, and DDP
+            # averages gradients over ranks, so each rank scales its sum by world_size / (masked tokens, all ranks)
+            total = self.trainer.strategy.reduce(predicted.sum().float(), reduce_op="sum")
+            mlm_loss = F.cross_entropy(logits.float(), targets, reduction="sum") * self.trainer.world_size / total
+        else:
+            mlm_loss = F.cross_entropy(logits.float(), targets)
         out = {
-            "mlm_loss": F.cross_entropy(logits.float(), targets),
+            "mlm_loss": mlm_loss,
             "mlm_accuracy": (logits.argmax(-1) == targets).float().mean(),
             "num_predicted": predicted.sum(),
         }

@@ -1,54 +1,14 @@
-"""Callbacks: throughput, metric history (for summary.json and the loss curve), a step-based progress bar."""
+"""Callbacks: metric history (for summary.json and the loss curve), a step-based progress bar.
+
+Throughput and MFU: gptframe.training.throughput.ThroughputMonitor."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
-
-
-def batch_tokens(batch) -> int:
-    """Tokens in a batch: (x, y) blocks, or a dict with input_ids (and attention_mask: real tokens only)."""
-    if isinstance(batch, dict):
-        mask = batch.get("attention_mask")
-        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-    return batch[0].numel()
-
-
-class TokenThroughput(L.Callback):
-    """Tokens/s of training (all ranks), excluding time spent in validation. Logged as train/tokens_per_s."""
-
-    def __init__(self, log_every_n_steps: int):
-        self.log_every_n_steps = log_every_n_steps
-        self.total_tokens = 0
-        self.total_seconds = 0.0
-        self._window_tokens = 0
-        self._window_seconds = 0.0
-        self._last: float | None = None
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.total_tokens / self.total_seconds if self.total_seconds else 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        now = time.perf_counter()
-        if self._last is not None:  # the first batch (and the first after validation) only starts the clock
-            tokens = batch_tokens(batch) * trainer.world_size
-            self._window_tokens += tokens
-            self._window_seconds += now - self._last
-            self.total_tokens += tokens
-            self.total_seconds += now - self._last
-        self._last = now
-        step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
-        if step_done and trainer.global_step % self.log_every_n_steps == 0 and self._window_seconds > 0:
-            pl_module.log("train/tokens_per_s", self._window_tokens / self._window_seconds)
-            self._window_tokens, self._window_seconds = 0, 0.0
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._last = None
 
 
 class MetricsHistory(L.Callback):

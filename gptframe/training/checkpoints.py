@@ -83,6 +83,33 @@ def _load_sharded_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """Everything in a checkpoint but its tensors' bulk: the gptframe section, global_step, loop state. Cheap also
+    for sharded directories (only `meta.pt` is read), so every rank can afford it before training."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        return load_checkpoint(path)  # memory-mapped: tensors stay on disk
+    meta_file = path / SHARDED_META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(
+            f"{path} is a directory but not a sharded Lightning checkpoint (no {SHARDED_META_FILE}); "
+            "expected a .ckpt file or a checkpoint directory written by trainer=fsdp"
+        )
+    try:
+        meta = torch.load(meta_file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise CheckpointError(f"sharded checkpoint {path}: {SHARDED_META_FILE} cannot be read: {e}") from None
+    if not isinstance(meta, dict) or CHECKPOINT_KEY not in meta:
+        raise CheckpointError(f"{path} is not a gptframe checkpoint (no '{CHECKPOINT_KEY}' section)")
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
+    return meta
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    return Path(path).is_dir()
+
+
 @dataclass
 class LoadedModel:
     """A plain model (eval mode) with everything needed to use it."""

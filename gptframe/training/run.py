@@ -28,8 +28,9 @@ from gptframe.models.bert import BertConfig
 from gptframe.models.factory import model_class, model_config_from_dict, transfer_weights
 from gptframe.models.gpt import GPTConfig
 from gptframe.tasks import TASKS
-from gptframe.training.checkpoints import CHECKPOINT_KEY, LAST, LoadedModel, load_checkpoint
-from gptframe.training.trainer import build_logger, build_trainer
+from gptframe.training.checkpoints import CHECKPOINT_KEY, LAST, LoadedModel, read_checkpoint_meta
+from gptframe.training.loggers import build_logger, finish_logger, logger_callbacks
+from gptframe.training.trainer import build_trainer, resolve_topology, world_size
 
 log = logging.getLogger("gptframe")
 
@@ -37,18 +38,29 @@ SUMMARY_FILE = "summary.json"
 ModelConfig = GPTConfig | BertConfig
 
 
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """Checkpoints a run can continue from: last.ckpt, and the hpc_ckpt_N.ckpt Lightning saves on SLURM's
+    requeue signal (files, or directories when sharded)."""
+    ckpt_dir = run_dir / "checkpoints"
+    return [p for p in [ckpt_dir / LAST, *sorted(ckpt_dir.glob("hpc_ckpt_*.ckpt"))] if p.exists()]
+
+
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: auto -> <run dir>/checkpoints/last.ckpt if present; null -> none; else PATH."""
-    last = run_dir / "checkpoints" / LAST
+    """The checkpoint to continue from: auto -> the most advanced of the run dir's checkpoints (last.ckpt, or a
+    requeue checkpoint saved after it), none if there are none; null -> none; else PATH."""
+    candidates = resume_candidates(run_dir)
     if resume is None or str(resume).lower() in ("null", "none", "false"):
-        if last.exists():
+        if candidates:
             raise ConfigError(
                 f"{run_dir} already holds checkpoints; pass resume=auto to continue that run, "
                 "or pick another name=... / hydra.run.dir=... for a fresh one"
             )
         return None
     if resume == "auto":
-        return last if last.exists() else None
+        if not candidates:
+            return None
+        # the highest step wins; on a tie the later-saved (a requeue checkpoint written after last.ckpt)
+        return max(candidates, key=lambda p: (read_checkpoint_meta(p).get("global_step", 0), p.stat().st_mtime))
     return Path(resume).expanduser()
 
 
@@ -95,7 +107,7 @@ class Source:
 def resolve_source(cfg: TrainConfig, ckpt_path: Path | None) -> Source:
     model_cfg, init_from = split_model_schema(cfg.model)
     if ckpt_path is not None:  # a resumed run keeps its tokenizer, architecture and labels
-        meta = load_checkpoint(ckpt_path)[CHECKPOINT_KEY]
+        meta = read_checkpoint_meta(ckpt_path)[CHECKPOINT_KEY]
         if meta["task"] != cfg.task.name:
             raise CheckpointError(f"cannot resume {ckpt_path}: it is a task={meta['task']} run, not task={cfg.task.name}")
         log.info("resume: continuing from %s", ckpt_path)
@@ -211,10 +223,16 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
     if source.resume_meta is not None:
         check_same_architecture(source.resume_meta["model_config"], model_cfg, ckpt_path)
 
-    trainer_cfg = cfg.trainer
-    world_size = _expected_world_size(trainer_cfg)
+    trainer_cfg = resolve_topology(cfg.trainer)
+    world = world_size(trainer_cfg)
+    log.info(
+        "topology: strategy %s, %d node(s) x %s process(es) per node = world size %d",
+        trainer_cfg.strategy, trainer_cfg.num_nodes, trainer_cfg.devices, world,
+    )
+    if trainer_cfg.global_batch_tokens:
+        trainer_cfg = _accumulation_for(trainer_cfg, tokens_per_example * cfg.data.batch_size * world)
     if task_name == "classification" and trainer_cfg.max_epochs:
-        per_epoch = datamodule.steps_per_epoch(world_size, trainer_cfg.accumulate_grad_batches)
+        per_epoch = datamodule.steps_per_epoch(world, trainer_cfg.accumulate_grad_batches)
         trainer_cfg = dataclasses.replace(
             trainer_cfg, max_steps=trainer_cfg.max_epochs * per_epoch, val_check_interval=per_epoch
         )
@@ -227,6 +245,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         task_config=dataclasses.asdict(cfg.task),
         max_steps=trainer_cfg.max_steps,
         compile=trainer_cfg.compile,
+        activation_checkpointing=trainer_cfg.activation_checkpointing,
+        reshard_after_forward=trainer_cfg.fsdp_reshard_after_forward,
         tokenizer_files=tokenizer.to_files(),
         labels=labels,
         run_config=resolved,
@@ -235,8 +255,11 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         copied = transfer_weights(source.init.model, task.model)
         log.info("init_from: copied %s", copied)
     params = task.model.num_params()
-    logger = build_logger(cfg.logger, run_dir)
-    trainer, parts = build_trainer(trainer_cfg, run_dir, logger, monitor=task_cls.monitor)
+    logger = build_logger(cfg.logger, run_dir, cfg.name, resolved)
+    trainer, parts = build_trainer(
+        trainer_cfg, run_dir, logger, monitor=task_cls.monitor, find_unused_parameters=task.has_unused_parameters,
+        extra_callbacks=logger_callbacks(cfg.logger, logger, task_name, cfg.seed),
+    )
     tokens_per_step = tokens_per_example * cfg.data.batch_size * trainer_cfg.accumulate_grad_batches * trainer.world_size
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +291,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         if best.best_model_score is not None
         else None,
         "tokens_per_s": parts["throughput"].tokens_per_s,
+        "mfu": parts["throughput"].mfu,  # None when the device's peak FLOP/s is unknown (CPU, unlisted GPU)
         "tokens_seen": trainer.global_step * tokens_per_step,  # classification: an upper bound (padded length)
         "wall_s": time.perf_counter() - t_start,
         "params": params,
@@ -277,6 +301,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         "device": str(task.device),
         "precision": str(trainer.precision),
         "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "strategy": trainer_cfg.strategy,
         "tokenizer": tokenizer.identity(),
         "data": str(prepared.directory) if prepared is not None else [cfg.data.train_path, cfg.data.val_path],
         "labels": labels,
@@ -293,6 +319,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
             summary["step"], summary["train_loss"] or float("nan"), metrics, summary["tokens_per_s"],
             summary["wall_s"], last,
         )
+    finish_logger(logger, summary)
     return summary
 
 
@@ -308,10 +335,16 @@ def _task_metrics(task: str, final: dict[str, float]) -> dict:
     return metrics
 
 
-def _expected_world_size(cfg) -> int:
-    devices = cfg.devices
-    per_node = len(devices) if isinstance(devices, (list, tuple)) else (devices if isinstance(devices, int) else 1)
-    return max(1, per_node) * cfg.num_nodes
+def _accumulation_for(cfg, tokens_per_micro_step: int):
+    """accumulate_grad_batches that makes an optimizer step `global_batch_tokens` (nearest whole number)."""
+    accumulate = max(1, round(cfg.global_batch_tokens / tokens_per_micro_step))
+    if accumulate * tokens_per_micro_step != cfg.global_batch_tokens:
+        log.warning(
+            "trainer.global_batch_tokens=%d is not a multiple of %d tokens per micro-step (all ranks): using %d",
+            cfg.global_batch_tokens, tokens_per_micro_step, accumulate * tokens_per_micro_step,
+        )
+    log.info("schedule: %d micro-batches per optimizer step (%d tokens)", accumulate, accumulate * tokens_per_micro_step)
+    return dataclasses.replace(cfg, accumulate_grad_batches=accumulate)
 
 
 def _describe_model(c: ModelConfig) -> str:

@@ -1,16 +1,95 @@
-"""Build the Lightning Trainer from `TrainerConfig`: strategy, precision, step-based loop, checkpoints, callbacks."""
+"""Build the Lightning Trainer from `TrainerConfig`: topology, strategy, precision, step-based loop, checkpoints,
+callbacks. Everything distributed about a run is decided here (and the model side in `parallelize`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import os
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.loggers import Logger
 
-from gptframe.config import LoggerConfig, TrainerConfig
-from gptframe.training.callbacks import MetricsHistory, StepProgressBar, TokenThroughput
+from gptframe.config import TrainerConfig
+from gptframe.errors import ConfigError
+from gptframe.training.callbacks import MetricsHistory, StepProgressBar
+from gptframe.training.throughput import ThroughputMonitor
+
+log = logging.getLogger(__name__)
+
+
+def launcher_topology(env=os.environ) -> tuple[int, int, str] | None:
+    """(processes per node, nodes, launcher) when the ranks were started from outside (srun, torchrun, submitit),
+    else None. Checked in Lightning's order: SLURM first, then torchrun-style variables."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect() and "SLURM_NTASKS" in env:
+        nodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
+        per_node = int(env["SLURM_NTASKS_PER_NODE"]) if env.get("SLURM_NTASKS_PER_NODE", "").isdigit() else None
+        return per_node or int(env["SLURM_NTASKS"]) // nodes, nodes, "srun"
+    if "LOCAL_WORLD_SIZE" in env and "WORLD_SIZE" in env:
+        per_node = int(env["LOCAL_WORLD_SIZE"])
+        return per_node, max(1, int(env["WORLD_SIZE"]) // per_node), "torchrun"
+    return None
+
+
+def _count(devices) -> int:
+    return len(devices) if isinstance(devices, list) else int(devices)
+
+
+def resolve_topology(cfg: TrainerConfig, env=os.environ) -> TrainerConfig:
+    """Concrete `devices` and `num_nodes`. Under a launcher, "auto" takes its numbers and explicit values must agree
+    with it (a mismatch would hang at the first collective); otherwise "auto" is every GPU, or one CPU process."""
+    devices, nodes = cfg.devices, cfg.num_nodes
+    launched = launcher_topology(env)
+    if launched is not None:
+        per_node, launched_nodes, launcher = launched
+        if devices != "auto" and _count(devices) != per_node:
+            raise ConfigError(
+                f"trainer.devices={devices} but {launcher} started {per_node} process(es) per node; "
+                f"use trainer.devices=auto (or {per_node})"
+            )
+        if nodes != "auto" and nodes != launched_nodes:
+            raise ConfigError(
+                f"trainer.num_nodes={nodes} but {launcher} started processes on {launched_nodes} node(s); "
+                f"use trainer.num_nodes=auto (or {launched_nodes})"
+            )
+        devices = per_node if devices == "auto" else devices
+        nodes = launched_nodes
+    else:
+        if nodes == "auto":
+            nodes = 1
+        if devices == "auto":
+            uses_cuda = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+            devices = torch.cuda.device_count() if uses_cuda else 1
+    strategy = cfg.strategy
+    if strategy == "auto" and _count(devices) * nodes > 1:
+        strategy = "ddp"  # several processes and no choice made: plain data parallel
+    return dataclasses.replace(cfg, devices=devices, num_nodes=nodes, strategy=strategy)
+
+
+def world_size(cfg: TrainerConfig) -> int:
+    """Processes over all nodes, for a config from `resolve_topology`."""
+    return _count(cfg.devices) * cfg.num_nodes
+
+
+def build_strategy(cfg: TrainerConfig, find_unused_parameters: bool = False):
+    if cfg.strategy == "fsdp":
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        # FSDP2 through Lightning: every rank is one data-parallel shard (no tensor parallelism); checkpoints are
+        # saved sharded (a directory of .distcp files per checkpoint), which gptframe-export consolidates
+        return ModelParallelStrategy(
+            data_parallel_size=world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=True
+        )
+    if cfg.strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+    return "auto"
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -21,18 +100,19 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if uses_cuda and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def build_logger(cfg: LoggerConfig, run_dir: Path) -> Logger:
-    return CSVLogger(save_dir=run_dir, name="logs")  # logs/version_N/metrics.csv, one version per invocation
-
-
 def build_trainer(
-    cfg: TrainerConfig, run_dir: Path, logger: Logger | None, monitor: tuple[str, str] = ("val/loss", "min")
+    cfg: TrainerConfig,
+    run_dir: Path,
+    logger: Logger | None,
+    monitor: tuple[str, str] = ("val/loss", "min"),
+    find_unused_parameters: bool = False,
+    extra_callbacks: list[L.Callback] | None = None,
 ) -> tuple[L.Trainer, dict]:
-    """The Trainer plus the callbacks the run reads back (history, throughput, checkpoints). `monitor`: the
-    (metric, min|max) that picks the best checkpoint."""
+    """The Trainer plus the callbacks the run reads back (history, throughput, checkpoints). `cfg` comes from
+    `resolve_topology`; `monitor`: the (metric, min|max) that picks the best checkpoint."""
     ckpt_dir = run_dir / "checkpoints"
     history = MetricsHistory(cfg.log_every_n_steps)
-    throughput = TokenThroughput(cfg.log_every_n_steps)
+    throughput = ThroughputMonitor(cfg.log_every_n_steps)
     best = ModelCheckpoint(
         dirpath=ckpt_dir,
         filename="best-step{step:06d}",
@@ -42,7 +122,7 @@ def build_trainer(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks: list[L.Callback] = [history, throughput, best]
+    callbacks: list[L.Callback] = [history, throughput, best, *(extra_callbacks or [])]
     if cfg.checkpoint_every_n_steps:
         callbacks.append(
             ModelCheckpoint(
@@ -62,7 +142,7 @@ def build_trainer(
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy,
+        strategy=build_strategy(cfg, find_unused_parameters),
         precision=resolve_precision(cfg.precision, cfg.accelerator),
         max_steps=cfg.max_steps,
         max_epochs=-1,
@@ -75,7 +155,8 @@ def build_trainer(
         use_distributed_sampler=False,  # our samplers are rank-aware and resumable
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        default_root_dir=run_dir,
+        # where Lightning's SLURM handler writes hpc_ckpt_N.ckpt on the requeue signal; resume=auto looks there
+        default_root_dir=ckpt_dir,
         enable_model_summary=False,
         enable_progress_bar=cfg.enable_progress_bar,
         deterministic=cfg.deterministic,

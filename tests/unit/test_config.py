@@ -79,3 +79,19 @@ def test_typos_and_wrong_types_fail_at_composition(override, match):
 def test_bad_values_fail_before_any_work(override, match):
     with pytest.raises(ConfigError, match=match):
         to_typed(compose([override]))
+
+
+def test_gpt2_124m_experiment_is_set_up_for_gpus():
+    import dataclasses
+
+    from gptframe.training.run import _accumulation_for
+
+    cfg = to_typed(compose(["experiment=gpt2_124m", "data.path=/data/corpus.txt"]))
+    t = cfg.trainer
+    assert (t.precision, t.compile, t.strategy, t.devices, t.num_nodes) == ("bf16-mixed", True, "ddp", "auto", "auto")
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (12, 12, 768, 1024)
+    assert cfg.tokenizer.vocab_size == 50257 and cfg.model.pad_vocab_size_multiple == 64
+    # ~0.5M tokens per step: 16 x 1024 tokens per GPU micro-batch -> 32 micro-batches on 1 GPU, 4 on 8 GPUs
+    per_gpu = cfg.data.batch_size * cfg.model.block_size
+    assert _accumulation_for(t, per_gpu).accumulate_grad_batches == 32
+    assert _accumulation_for(dataclasses.replace(t), per_gpu * 8).accumulate_grad_batches == 4
