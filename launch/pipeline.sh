@@ -14,7 +14,12 @@
 # `KEY=VALUE` to both (e.g. trainer.accelerator=cpu); `pipeline.dir=PATH` picks the pipeline dir
 # (default outputs/pipeline-{gpt|bert}). A re-run skips the stages that completed with the same overrides and resumes
 # an interrupted one (resume=auto); a stage whose overrides changed runs again, continuing its checkpoint.
+#
+# GPTFRAME_LAUNCHER: a command prefix for the two training stages only ("srun --kill-on-bad-exit=1" in
+# launch/slurm/pipeline.sbatch); data preparation, export and evaluation run once, in this shell. It is not part of a
+# stage's record: a stage done under one launcher counts as done under another.
 set -euo pipefail
+read -ra launcher <<<"${GPTFRAME_LAUNCHER:-}"
 
 usage() { echo "usage: $0 {gpt|bert} [pretrain.KEY=V] [finetune.KEY=V] [KEY=V] [pipeline.dir=PATH]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
@@ -60,8 +65,13 @@ run_stage() {
   for stale in $downstream; do
     if [[ -e $stale ]]; then log "$name: changed, removing $stale"; rm -rf "$stale"; fi
   done
-  log "$name: $signature"
-  "$@"
+  if [[ $1 == gptframe-train ]]; then
+    log "$name: ${launcher[*]:+${launcher[*]} }$signature"
+    "${launcher[@]}" "$@"
+  else
+    log "$name: $signature"
+    "$@"
+  fi
   mkdir -p "$(dirname "$done_file")"
   printf '%s' "$signature" > "$done_file.tmp" && mv "$done_file.tmp" "$done_file"
 }

@@ -14,6 +14,9 @@ from data_pipelines import TINY_SHAKESPEARE
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# tests/cluster needs a running SLURM cluster: `make test-cluster` runs it (`pytest tests/cluster`), `pytest` does not.
+collect_ignore = ["cluster"]
+
 
 @pytest.fixture(scope="session")
 def shakespeare_text() -> str:

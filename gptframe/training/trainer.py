@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger
 from gptframe.config import TrainerConfig
 from gptframe.errors import ConfigError
 from gptframe.training.callbacks import MetricsHistory, StepProgressBar
+from gptframe.training.requeue import RequeueOnSignal
 from gptframe.training.throughput import ThroughputMonitor
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def build_trainer(
         auto_insert_metric_name=False,
     )
     callbacks: list[L.Callback] = [history, throughput, best, *(extra_callbacks or [])]
+    if RequeueOnSignal.wanted():  # SLURM: checkpoint at a step boundary on SIGUSR1, exit 75 for the script's requeue
+        callbacks.append(RequeueOnSignal(ckpt_dir))
     if cfg.checkpoint_every_n_steps:
         callbacks.append(
             ModelCheckpoint(
@@ -155,7 +158,7 @@ def build_trainer(
         use_distributed_sampler=False,  # our samplers are rank-aware and resumable
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        # where Lightning's SLURM handler writes hpc_ckpt_N.ckpt on the requeue signal; resume=auto looks there
+        # where requeue checkpoints (hpc_ckpt_N.ckpt) go, also Lightning's own; resume=auto looks there
         default_root_dir=ckpt_dir,
         enable_model_summary=False,
         enable_progress_bar=cfg.enable_progress_bar,

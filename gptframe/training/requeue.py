@@ -1,0 +1,100 @@
+"""SLURM preemption: on the requeue signal, checkpoint at the next optimizer-step boundary and exit for a requeue.
+
+`#SBATCH --signal=USR1@90` (or `scancel --signal=USR1 JOBID`) sends SIGUSR1 to every rank. Lightning's own SLURM
+handler saves its checkpoint inside the signal handler, i.e. wherever each rank happens to be: in the middle of an
+optimizer step (the restored loop counters then log every later step one step too late), on each rank at a different
+point (its barrier can meet another rank's gradient all-reduce); then it runs `scontrol requeue` while the ranks keep
+training, so they log steps past the checkpoint (logged again after the resume) until SLURM's SIGTERM kills them and
+their children, W&B's writer among them, before the last metrics are written.
+
+Here the handler only raises a flag. At the end of the next optimizer step all ranks agree on it (one all-reduce) and
+save `checkpoints/hpc_ckpt_N.ckpt` there (where Lightning saves periodic checkpoints); that step's metrics are logged,
+and at the start of the next batch every rank leaves through Lightning's exception path, which closes the loggers.
+Rank 0 exits with REQUEUE_EXIT_CODE and the batch script (launch/slurm/*.sbatch) then runs `scontrol requeue`: nothing
+is killed mid-write. The requeued job keeps its id, hence its run dir, and resume=auto continues from that checkpoint,
+so every step runs and is logged exactly once.
+
+A batch script of your own needs the same three lines as launch/slurm/pretrain.sbatch: `scontrol requeue
+$SLURM_JOB_ID` when srun exits with 75 (otherwise the job just ends there, and a resubmission continues from the
+checkpoint). The handler is installed in `setup`, before Lightning registers its signal handlers; finding one in
+place, Lightning leaves SIGUSR1 alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+
+import lightning as L
+from lightning.fabric.plugins.environments import SLURMEnvironment
+
+log = logging.getLogger(__name__)
+
+REQUEUE_SIGNAL = signal.SIGUSR1  # what launch/slurm/*.sbatch ask for (--signal=USR1@90), and Lightning's default
+REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint saved, run me again (the batch script requeues the job)
+
+
+def next_hpc_checkpoint(ckpt_dir: Path) -> Path:
+    """checkpoints/hpc_ckpt_N.ckpt with N one above the highest there (Lightning's naming, which resume=auto reads)."""
+    pattern = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
+    numbers = [int(m.group(1)) for p in ckpt_dir.glob("hpc_ckpt_*.ckpt") if (m := pattern.fullmatch(p.name))]
+    return ckpt_dir / f"hpc_ckpt_{max(numbers, default=0) + 1}.ckpt"
+
+
+class RequeueOnSignal(L.Callback):
+    """Checkpoint and exit on SLURM's requeue signal. For runs whose ranks srun started (Lightning's SLURM
+    environment); `wanted()` says whether this is one."""
+
+    def __init__(self, ckpt_dir: Path, signum: int = REQUEUE_SIGNAL):
+        self.ckpt_dir = Path(ckpt_dir)
+        self.signum = signum
+        self.signalled = False  # set by the signal handler, on this rank only
+        self.exit_pending = False  # all ranks: checkpoint saved, leave at the next batch start
+        self._previous_handler = None
+        self._installed = False
+        self._step_seen = -1
+
+    @staticmethod
+    def wanted() -> bool:
+        return SLURMEnvironment.detect() and "SLURM_JOB_ID" in os.environ
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True  # the work happens at the next step boundary, in step on every rank
+
+    # Installed for validate too: Lightning would otherwise put its own handler there, and a signal during the final
+    # evaluation would requeue a run that is about to finish (here it is ignored outside training).
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._installed:
+            self._previous_handler = signal.signal(self.signum, self._on_signal)
+            self._installed = True
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
+            self._installed = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._step_seen:  # accumulating: no optimizer step yet
+            return
+        self._step_seen = trainer.global_step
+        # every rank takes part in the decision, each step: the ranks got the signal at slightly different times
+        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+            return
+        if trainer.global_step >= trainer.max_steps:
+            return  # the last step: the run finishes on its own
+        path = next_hpc_checkpoint(self.ckpt_dir)
+        log.info("requeue signal: saving %s at step %d", path, trainer.global_step)
+        trainer.save_checkpoint(path)
+        self.exit_pending = True
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
+        if not self.exit_pending:
+            return
+        # the saved step's metrics are logged by now; SystemExit goes through Lightning's teardown (loggers closed)
+        if trainer.is_global_zero:
+            log.info("requeue signal: stopping at step %d for a requeue (exit code %d)", trainer.global_step,
+                     REQUEUE_EXIT_CODE)
+        raise SystemExit(REQUEUE_EXIT_CODE if trainer.is_global_zero else 0)  # srun reports the highest exit code
