@@ -15,16 +15,45 @@ from gptframe.config import register_configs, to_typed
 register_configs()
 
 
+def global_rank() -> int:
+    """This process's rank as torchrun or srun set it (0 when nothing launched several processes)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def export_submitit_local_ranks(env=os.environ) -> None:
+    """hydra/launcher=local with tasks_per_node > 1: submitit, not Lightning, started this job's processes. Give each
+    the variables torchrun would (Lightning and torch.distributed read them). On SLURM (hydra/launcher=slurm) srun's
+    own variables do that job through Lightning's SLURMEnvironment, so nothing is set there."""
+    if env.get("SUBMITIT_EXECUTOR") != "local":
+        return
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks < 2:
+        return
+    env.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(20000 + int(job.job_id) % 20000),  # the same in every task of the job, differs across jobs
+        WORLD_SIZE=str(job.num_tasks),
+        RANK=str(job.global_rank),
+        LOCAL_RANK=str(job.local_rank),
+        LOCAL_WORLD_SIZE=str(job.num_tasks // job.num_nodes),
+        NODE_RANK=str(job.node),
+    )
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit("gptframe-train", run_dir):
+        export_submitit_local_ranks()
         typed = to_typed(cfg)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         from gptframe.training.run import run_training  # heavy imports after the config is known to be valid
 
         tidy_lightning_logging()
-        add_file_log(run_dir, "train.log")
+        if global_rank() == 0:  # one log file per run; the other ranks' output goes to their launcher's stderr
+            add_file_log(run_dir, "train.log")
         run_training(typed, run_dir, cfg)
 
 
