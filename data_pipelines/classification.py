@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_pipelines.datasets import IGNORE_INDEX
 from data_pipelines.errors import DataError
 from data_pipelines.tokenizers import Tokenizer, WordPieceTokenizer
 
@@ -194,6 +195,9 @@ class EncodedExamples:
         return len(self.ids)
 
     def __getitem__(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """Negative indices (evaluation padding, sampling.PAD_KEY) give the first example with an ignored label."""
+        padding = [i < 0 for i in indices]
+        indices = [max(i, 0) for i in indices]
         length = max(len(self.ids[i]) for i in indices)
         input_ids = torch.full((len(indices), length), self.pad_id, dtype=torch.long)
         token_type_ids = torch.zeros((len(indices), length), dtype=torch.long)
@@ -203,7 +207,8 @@ class EncodedExamples:
             input_ids[row, :n] = torch.tensor(self.ids[i])
             token_type_ids[row, :n] = torch.tensor(self.types[i])
             attention_mask[row, :n] = 1
-        labels = torch.from_numpy(self.labels[indices])
+        labels = torch.from_numpy(self.labels[indices]).long()
+        labels[torch.tensor(padding)] = IGNORE_INDEX
         return {
             "input_ids": input_ids,
             "token_type_ids": token_type_ids,

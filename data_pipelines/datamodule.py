@@ -11,7 +11,6 @@ import logging
 import os
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -20,7 +19,7 @@ from data_pipelines.datasets import BlockDataset
 from data_pipelines.errors import DataError
 from data_pipelines.mlm import MaskedLMExamples
 from data_pipelines.prepare import PreparedData
-from data_pipelines.sampling import EvalBlockSampler, RandomBlockSampler
+from data_pipelines.sampling import EvalBlockSampler, RandomBlockSampler, rank_share
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +114,8 @@ class CausalLMDataModule(StreamDataModule):
         # eval_batches counts global batches, so every world size evaluates the same blocks
         max_blocks = None if self.eval_batches is None else self.eval_batches * self.batch_size * world
         sampler = EvalBlockSampler(
-            self.prepared.num_tokens("val"), self.block_size, self.batch_size, max_blocks, rank, world
+            self.prepared.num_tokens("val"), self.block_size, self.batch_size, max_blocks, rank, world,
+            with_index=True,  # keys mark the padding that evens out the ranks' shares
         )
         return self._batch_loader(BlockDataset(self.prepared.tokens("val"), self.block_size), sampler)
 
@@ -192,6 +192,6 @@ class ClassificationDataModule(StreamDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        order = np.arange(len(self.val))[rank::world]
+        order = rank_share(len(self.val), rank, world)  # equal shares, padded: the same number of batches per rank
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         return self._batch_loader(self.val, batches)

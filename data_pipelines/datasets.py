@@ -6,11 +6,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+IGNORE_INDEX = -100  # the label of positions no loss or metric counts (torch's cross_entropy default)
+
 
 class BlockDataset(Dataset):
     """Indexed by a *batch* of block offsets: returns (x, y) of shape [B, T], y shifted by one token.
 
-    One memmap read per batch instead of per sample, and no collate step (use with `batch_size=None`).
+    One memmap read per batch instead of per sample, and no collate step (use with `batch_size=None`). Indexed by
+    (keys, offsets) as evaluation samplers yield them, rows with a negative key (padding) get IGNORE_INDEX labels.
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int):
@@ -20,8 +23,12 @@ class BlockDataset(Dataset):
     def __len__(self) -> int:
         return len(self.tokens) - self.block_size
 
-    def __getitem__(self, offsets: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, batch: list[int] | tuple[list[int], list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, offsets = batch if isinstance(batch, tuple) else (None, batch)
         t = self.block_size + 1
         blocks = np.stack([self.tokens[o : o + t] for o in offsets]).astype(np.int64)
         blocks = torch.from_numpy(blocks)
-        return blocks[:, :-1], blocks[:, 1:]
+        x, y = blocks[:, :-1], blocks[:, 1:].clone()
+        if keys is not None:
+            y[torch.as_tensor(keys) < 0] = IGNORE_INDEX
+        return x, y

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data_pipelines.datasets import IGNORE_INDEX  # noqa: F401  (re-exported: the label masked-LM leaves unpredicted)
 from data_pipelines.errors import TokenizerError
 from data_pipelines.tokenizers import Tokenizer, WordPieceTokenizer
 
-IGNORE_INDEX = -100  # label of tokens that are not predicted (torch's cross_entropy default)
 SCAN_CHUNK = 1 << 24  # tokens per chunk when scanning for document boundaries
 
 
@@ -108,9 +108,11 @@ class MaskedLMExamples:
         keys, offsets = batch
         examples = []
         for key, offset in zip(keys, offsets, strict=True):
-            rng = np.random.default_rng([self.seed, key, offset])
+            rng = np.random.default_rng([self.seed, max(key, 0), offset])
             ids, types, is_random_next = self._pair(rng, offset) if self.nsp else self._full_span(offset)
             masked, labels = self._mask(rng, ids)
+            if key < 0:  # evaluation padding (sampling.PAD_KEY): an example no metric counts
+                labels, is_random_next = np.full_like(labels, IGNORE_INDEX), IGNORE_INDEX
             examples.append((masked, types, is_random_next, labels))
         return self._collate(examples)
 

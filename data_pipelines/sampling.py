@@ -57,10 +57,23 @@ class RandomBlockSampler:
             b += 1
 
 
+PAD_KEY = -1  # the key of a padding item: evaluated like the others, counted by no metric
+
+
+def rank_share(num_items: int, rank: int, world_size: int) -> np.ndarray:
+    """This rank's item indices for evaluation: every world_size-th item from `rank`, padded with PAD_KEY to
+    ceil(num_items / world_size). Every rank then runs the same number of batches, which sharded models (each
+    forward gathers weights from all ranks) and the metric sync at the end need; padding counts for nothing."""
+    share = np.arange(rank, num_items, world_size)
+    return np.concatenate([share, np.full(-(-num_items // world_size) - share.size, PAD_KEY, dtype=np.int64)])
+
+
 class EvalBlockSampler:
     """Fixed, non-overlapping blocks for evaluation: all of them, or `max_blocks` spread evenly over the split.
 
-    The same blocks every evaluation, so val loss is comparable across steps and runs; ranks take disjoint shares.
+    The same blocks every evaluation, so val loss is comparable across steps and runs; ranks take disjoint shares of
+    equal length (`rank_share`). with_index: yield (keys, offsets), a key being the block's place in the split, or
+    PAD_KEY for padding (whose labels the datasets then ignore); without, padding is left out (single-process use).
     """
 
     def __init__(
@@ -79,8 +92,11 @@ class EvalBlockSampler:
             raise ValueError(f"need more than block_size={block_size} tokens to evaluate, have {num_tokens}")
         if max_blocks is not None and max_blocks < starts.size:
             starts = starts[np.linspace(0, starts.size - 1, max_blocks).round().astype(np.int64)]
-        self.keys = np.arange(starts.size)[rank::world_size]  # an example's place in the whole split
-        self.starts = starts[rank::world_size]
+        keys = rank_share(starts.size, rank, world_size)
+        if not with_index:
+            keys = keys[keys != PAD_KEY]
+        self.keys = keys
+        self.starts = starts[np.maximum(keys, 0)]  # padding reads the first block, for its shape only
         self.batch_size = batch_size
 
     def __len__(self) -> int:

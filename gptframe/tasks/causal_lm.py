@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from data_pipelines.datasets import IGNORE_INDEX
 from gptframe.config import CausalLMTaskConfig
 from gptframe.tasks.base import TrainingTask
 
@@ -29,7 +30,10 @@ class CausalLMTask(TrainingTask):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.val_loss.update(self._loss(batch), weight=batch[1].numel())
+        loss = self._loss(batch)  # every rank runs every batch (sharded models gather weights in forward)
+        counted = int((batch[1] != IGNORE_INDEX).sum())  # padding that evens out the ranks' shares counts for nothing
+        if counted:
+            self.val_loss.update(loss, weight=counted)
 
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # synced across ranks by torchmetrics, weighted by tokens

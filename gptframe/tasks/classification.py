@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from data_pipelines.datasets import IGNORE_INDEX
 from gptframe.config import ClassificationTaskConfig
 from gptframe.tasks.base import TrainingTask
 
@@ -36,8 +37,12 @@ class ClassificationTask(TrainingTask):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        logits = self._logits(batch)
+        logits = self._logits(batch)  # every rank runs every batch (sharded models gather weights in forward)
         labels = batch["labels"]
+        counted = labels != IGNORE_INDEX  # padding that evens out the ranks' shares counts for nothing
+        if not counted.any():
+            return
+        logits, labels = logits[counted], labels[counted]
         self.val_loss.update(F.cross_entropy(logits.float(), labels), weight=labels.numel())
         predictions = logits.argmax(-1)
         self.val_accuracy.update(predictions, labels)

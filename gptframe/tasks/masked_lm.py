@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from data_pipelines.mlm import IGNORE_INDEX
+from data_pipelines.datasets import IGNORE_INDEX
 from gptframe.config import MaskedLMTaskConfig
 from gptframe.tasks.base import TrainingTask
 
@@ -47,8 +47,11 @@ class MaskedLMTask(TrainingTask):
             "num_predicted": predicted.sum(),
         }
         if self.task.nsp:
-            out["nsp_loss"] = F.cross_entropy(nsp_logits.float(), batch["nsp_labels"])
-            out["nsp_accuracy"] = (nsp_logits.argmax(-1) == batch["nsp_labels"]).float().mean()
+            nsp_labels = batch["nsp_labels"]
+            counted = nsp_labels != IGNORE_INDEX  # all but evaluation padding
+            out["nsp_loss"] = F.cross_entropy(nsp_logits.float(), nsp_labels)
+            out["nsp_accuracy"] = (nsp_logits.argmax(-1) == nsp_labels)[counted].float().mean()
+            out["nsp_examples"] = counted.sum()
         out["loss"] = out["mlm_loss"] + out.get("nsp_loss", 0.0)
         return out
 
@@ -61,12 +64,13 @@ class MaskedLMTask(TrainingTask):
         return out["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        out = self._forward(batch)
-        n = out["num_predicted"]
-        self.val_mlm_loss.update(out["mlm_loss"], weight=n)
-        self.val_mlm_accuracy.update(out["mlm_accuracy"], weight=n)
-        if self.task.nsp:
-            size = batch["input_ids"].size(0)
+        out = self._forward(batch)  # every rank runs every batch; padding rows carry no labels and count for nothing
+        n = int(out["num_predicted"])
+        if n:
+            self.val_mlm_loss.update(out["mlm_loss"], weight=n)
+            self.val_mlm_accuracy.update(out["mlm_accuracy"], weight=n)
+        if self.task.nsp and int(out["nsp_examples"]):
+            size = int(out["nsp_examples"])
             self.val_nsp_loss.update(out["nsp_loss"], weight=size)
             self.val_nsp_accuracy.update(out["nsp_accuracy"], weight=size)
 

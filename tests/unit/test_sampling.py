@@ -59,3 +59,21 @@ def test_block_dataset_shifts_targets_by_one():
     assert x.shape == y.shape == (3, 8) and x.dtype.is_floating_point is False
     assert x[1].tolist() == list(range(50, 58)) and y[1].tolist() == list(range(51, 59))
     assert y[2].tolist()[-1] == 99
+
+
+def test_evaluation_shares_are_equal_and_padding_is_ignored():
+    from data_pipelines.datasets import IGNORE_INDEX, BlockDataset
+    from data_pipelines.sampling import PAD_KEY, rank_share
+
+    # 7 items on 3 ranks: 3 each, two of them padding; every item once over all ranks
+    shares = [rank_share(7, r, 3) for r in range(3)]
+    assert {len(s) for s in shares} == {3}
+    real = sorted(int(k) for s in shares for k in s if k != PAD_KEY)
+    assert real == list(range(7)) and sum(int((s == PAD_KEY).sum()) for s in shares) == 2
+    # fewer blocks than ranks: every rank still gets a batch (padding), so none skips the evaluation
+    lonely = [list(EvalBlockSampler(25, 10, 4, rank=r, world_size=3, with_index=True)) for r in range(3)]
+    assert [len(batches) for batches in lonely] == [1, 1, 1]
+    assert [keys for (keys, _), in lonely] == [[0], [1], [PAD_KEY]]
+    tokens = np.arange(100, dtype=np.uint16)
+    x, y = BlockDataset(tokens, 10)[([0, PAD_KEY], [0, 0])]
+    assert (y[0] != IGNORE_INDEX).all() and (y[1] == IGNORE_INDEX).all() and x.shape == (2, 10)
