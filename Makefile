@@ -31,9 +31,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # tests/cluster on a real two-node SLURM cluster on this machine (.ci/slurm-cluster.sh: installs slurm-wlm and munge
-# when missing, which needs root). The cluster is stopped whatever the tests do; the exit status is pytest's.
+# when missing, which needs root). A cluster this target started is stopped whatever the tests do (one that was
+# already running is left running); the exit status is pytest's.
 test-cluster: $(STAMP)
-	@trap '.ci/slurm-cluster.sh stop' EXIT INT TERM; \
+	@if .ci/slurm-cluster.sh status >/dev/null 2>&1; then echo "test-cluster: using the running cluster"; \
+	else trap '.ci/slurm-cluster.sh stop' EXIT INT TERM; fi; \
 	cluster_env=$$(.ci/slurm-cluster.sh start) && eval "$$cluster_env" && \
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/cluster $(PYTEST_ARGS)
 

@@ -33,7 +33,7 @@ def export_submitit_local_ranks(env=os.environ) -> None:
         return
     env.update(
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(20000 + int(job.job_id) % 20000),  # the same in every task of the job, differs across jobs
+        MASTER_PORT=str(10000 + int(job.job_id) % 20000),  # the same in every task of the job; below the ephemeral range
         WORLD_SIZE=str(job.num_tasks),
         RANK=str(job.global_rank),
         LOCAL_RANK=str(job.local_rank),
@@ -46,6 +46,10 @@ def export_submitit_local_ranks(env=os.environ) -> None:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit("gptframe-train", run_dir):
+        if os.environ.get("SLURM_JOB_ID"):  # before anything slow: SLURM's requeue signal would otherwise kill us
+            from gptframe.training.requeue import install_signal_flag
+
+            install_signal_flag()
         export_submitit_local_ranks()
         typed = to_typed(cfg)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,17 +7,14 @@ point (its barrier can meet another rank's gradient all-reduce); then it runs `s
 training, so they log steps past the checkpoint (logged again after the resume) until SLURM's SIGTERM kills them and
 their children, W&B's writer among them, before the last metrics are written.
 
-Here the handler only raises a flag. At the end of the next optimizer step all ranks agree on it (one all-reduce) and
-save `checkpoints/hpc_ckpt_N.ckpt` there (where Lightning saves periodic checkpoints); that step's metrics are logged,
-and at the start of the next batch every rank leaves through Lightning's exception path, which closes the loggers.
-Rank 0 exits with REQUEUE_EXIT_CODE and the batch script (launch/slurm/*.sbatch) then runs `scontrol requeue`: nothing
-is killed mid-write. The requeued job keeps its id, hence its run dir, and resume=auto continues from that checkpoint,
-so every step runs and is logged exactly once.
-
-A batch script of your own needs the same three lines as launch/slurm/pretrain.sbatch: `scontrol requeue
-$SLURM_JOB_ID` when srun exits with 75 (otherwise the job just ends there, and a resubmission continues from the
-checkpoint). The handler is installed in `setup`, before Lightning registers its signal handlers; finding one in
-place, Lightning leaves SIGUSR1 alone.
+Here the handler only raises a flag, installed at process start (`install_signal_flag`, from gptframe-train) so a
+signal during data preparation or imports is not lost either. At the end of the next optimizer step all ranks agree on
+it (one all-reduce) and save `checkpoints/hpc_ckpt_N.ckpt` there; rank 0 then writes the requeue marker (the file
+$GPTFRAME_REQUEUE_MARKER names, which the batch script set), that step's metrics are logged, and at the start of the
+next batch every rank leaves with exit code 75 through Lightning's exception path, which closes the loggers. The
+batch script (launch/slurm/common.sh) requeues the job when it finds the marker, whatever srun's exit code (a rank
+still tearing down when another exits can be killed by srun): nothing is killed mid-write. The requeued job keeps its
+id, hence its run dir, and resume=auto continues from that checkpoint, so every step runs and is logged exactly once.
 """
 
 from __future__ import annotations
@@ -35,6 +32,23 @@ log = logging.getLogger(__name__)
 
 REQUEUE_SIGNAL = signal.SIGUSR1  # what launch/slurm/*.sbatch ask for (--signal=USR1@90), and Lightning's default
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL: checkpoint saved, run me again (the batch script requeues the job)
+MARKER_ENV = "GPTFRAME_REQUEUE_MARKER"  # the file rank 0 writes once the requeue checkpoint is saved
+
+_signalled = False  # this process received the requeue signal (set by the handler, read at step boundaries)
+
+
+def _on_signal(signum, frame) -> None:
+    global _signalled
+    _signalled = True
+
+
+def install_signal_flag(signum: int = REQUEUE_SIGNAL) -> None:
+    """Turn the requeue signal into a flag for the rest of this process (its default action would kill it)."""
+    signal.signal(signum, _on_signal)
+
+
+def signal_received() -> bool:
+    return _signalled
 
 
 def next_hpc_checkpoint(ckpt_dir: Path) -> Path:
@@ -51,43 +65,36 @@ class RequeueOnSignal(L.Callback):
     def __init__(self, ckpt_dir: Path, signum: int = REQUEUE_SIGNAL):
         self.ckpt_dir = Path(ckpt_dir)
         self.signum = signum
-        self.signalled = False  # set by the signal handler, on this rank only
         self.exit_pending = False  # all ranks: checkpoint saved, leave at the next batch start
-        self._previous_handler = None
-        self._installed = False
         self._step_seen = -1
 
     @staticmethod
     def wanted() -> bool:
         return SLURMEnvironment.detect() and "SLURM_JOB_ID" in os.environ
 
-    def _on_signal(self, signum, frame) -> None:
-        self.signalled = True  # the work happens at the next step boundary, in step on every rank
-
-    # Installed for validate too: Lightning would otherwise put its own handler there, and a signal during the final
-    # evaluation would requeue a run that is about to finish (here it is ignored outside training).
+    # Before Lightning registers its signal handlers: finding ours in place, it leaves the signal alone (gptframe-train
+    # installed it at start already; this covers runs started from Python). A signal outside training (the final
+    # evaluation) is ignored: the run is about to finish anyway.
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not self._installed:
-            self._previous_handler = signal.signal(self.signum, self._on_signal)
-            self._installed = True
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self._installed:
-            signal.signal(self.signum, self._previous_handler or signal.SIG_DFL)
-            self._installed = False
+        if signal.getsignal(self.signum) is not _on_signal:
+            install_signal_flag(self.signum)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self._step_seen:  # accumulating: no optimizer step yet
             return
         self._step_seen = trainer.global_step
         # every rank takes part in the decision, each step: the ranks got the signal at slightly different times
-        if not trainer.strategy.reduce_boolean_decision(self.signalled, all=False):
+        if not trainer.strategy.reduce_boolean_decision(signal_received(), all=False):
             return
         if trainer.global_step >= trainer.max_steps:
             return  # the last step: the run finishes on its own
         path = next_hpc_checkpoint(self.ckpt_dir)
         log.info("requeue signal: saving %s at step %d", path, trainer.global_step)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path)  # collective: every rank has written its part when it returns
+        marker = os.environ.get(MARKER_ENV)
+        if trainer.is_global_zero and marker:
+            Path(marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(marker).write_text(f"{path}\n")
         self.exit_pending = True
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx) -> None:
@@ -97,4 +104,4 @@ class RequeueOnSignal(L.Callback):
         if trainer.is_global_zero:
             log.info("requeue signal: stopping at step %d for a requeue (exit code %d)", trainer.global_step,
                      REQUEUE_EXIT_CODE)
-        raise SystemExit(REQUEUE_EXIT_CODE if trainer.is_global_zero else 0)  # srun reports the highest exit code
+        raise SystemExit(REQUEUE_EXIT_CODE)  # every rank: the run is not finished (pipeline.sh must not go on)

@@ -36,8 +36,9 @@ def test_pipeline_sbatch_pretrains_fine_tunes_and_exports_on_two_nodes(slurm, ca
         "GPT2ForSequenceClassification"
     ]
     # srun ran the two training stages; the data stage and the exports ran once, in the batch shell
-    assert out.count("[pipeline gpt] pretrain: srun --kill-on-bad-exit=1 gptframe-train") == 1
-    assert out.count("[pipeline gpt] finetune: srun --kill-on-bad-exit=1 gptframe-train") == 1
+    srun = "srun --kill-on-bad-exit=1 --cpus-per-task=1 gptframe-train"  # every rank gets the job's cpus-per-task
+    assert out.count(f"[pipeline gpt] pretrain: {srun}") == 1, job.log_tail()
+    assert out.count(f"[pipeline gpt] finetune: {srun}") == 1
     assert out.count("[pipeline gpt] data: python -m data_pipelines") == 1
     assert out.count("[pipeline gpt] export-pretrained: gptframe-export") == 1
     assert json.loads((pipeline / "results.json").read_text())["pretrain_steps"] == 20

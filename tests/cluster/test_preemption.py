@@ -49,6 +49,10 @@ def test_signalled_pretraining_requeues_and_resumes_in_the_same_run_dir(slurm, c
     saved_step = torch.load(hpc, map_location="cpu", weights_only=False, mmap=True)["global_step"]
     assert 50 <= saved_step < MAX_STEPS
     assert f"resume: continuing from {hpc}" in out
+    # restored once, by the resumed fit: the final evaluation scores the trained model, not the requeue checkpoint
+    assert out.count(f"Restoring states from the checkpoint path at {hpc}") == 1, job.log_tail()
+    # the marker that made the batch script requeue is gone
+    assert not list(tmp_path.glob(".gptframe-requeue-*"))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["step"], summary["world_size"]) == (MAX_STEPS, 2), summary
 
