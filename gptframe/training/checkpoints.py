@@ -56,14 +56,7 @@ def _load_sharded_checkpoint(path: Path) -> dict:
     """A torch.distributed.checkpoint directory as Lightning writes it (`.metadata`, `*.distcp` shards, and `meta.pt`
     with everything but the weights and optimizer states), as one full state dict in CPU memory. Only the weights are
     read: the optimizer states (twice the model for AdamW) are not needed to use or export a model."""
-    meta_file = path / SHARDED_META_FILE
-    if not meta_file.is_file():
-        raise CheckpointError(
-            f"{path} is a directory but not a sharded Lightning checkpoint (no {SHARDED_META_FILE}); "
-            "expected a .ckpt file or a checkpoint directory written by ModelParallelStrategy"
-        )
-    if not (path / ".metadata").is_file():
-        raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
+    meta_file = _checked_sharded_dir(path)
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
@@ -89,25 +82,27 @@ def read_checkpoint_meta(path: str | Path) -> dict:
     path = Path(path).expanduser()
     if not path.is_dir():
         return load_checkpoint(path)  # memory-mapped: tensors stay on disk
-    meta_file = path / SHARDED_META_FILE
-    if not meta_file.is_file():
-        raise CheckpointError(
-            f"{path} is a directory but not a sharded Lightning checkpoint (no {SHARDED_META_FILE}); "
-            "expected a .ckpt file or a checkpoint directory written by trainer=fsdp"
-        )
+    meta_file = _checked_sharded_dir(path)
     try:
         meta = torch.load(meta_file, map_location="cpu", weights_only=False)
     except Exception as e:
         raise CheckpointError(f"sharded checkpoint {path}: {SHARDED_META_FILE} cannot be read: {e}") from None
     if not isinstance(meta, dict) or CHECKPOINT_KEY not in meta:
         raise CheckpointError(f"{path} is not a gptframe checkpoint (no '{CHECKPOINT_KEY}' section)")
-    if not (path / ".metadata").is_file():
-        raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
     return meta
 
 
-def is_sharded_checkpoint(path: str | Path) -> bool:
-    return Path(path).is_dir()
+def _checked_sharded_dir(path: Path) -> Path:
+    """The meta file of a sharded checkpoint directory, after checking that the directory is one and complete."""
+    meta_file = path / SHARDED_META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(
+            f"{path} is a directory but not a sharded Lightning checkpoint (no {SHARDED_META_FILE}); "
+            "expected a .ckpt file or a checkpoint directory written by trainer=fsdp"
+        )
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
+    return meta_file
 
 
 @dataclass

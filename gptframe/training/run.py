@@ -29,7 +29,7 @@ from gptframe.models.factory import model_class, model_config_from_dict, transfe
 from gptframe.models.gpt import GPTConfig
 from gptframe.tasks import TASKS
 from gptframe.training.checkpoints import CHECKPOINT_KEY, LAST, LoadedModel, read_checkpoint_meta
-from gptframe.training.loggers import build_logger, finish_logger, logger_callbacks
+from gptframe.training.loggers import build_logger, finish_logger, logger_callbacks, scrub_secrets
 from gptframe.training.trainer import build_trainer, resolve_topology, world_size
 
 log = logging.getLogger("gptframe")
@@ -39,10 +39,20 @@ ModelConfig = GPTConfig | BertConfig
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:
-    """Checkpoints a run can continue from: last.ckpt, and the hpc_ckpt_N.ckpt Lightning saves on SLURM's
-    requeue signal (files, or directories when sharded)."""
+    """Checkpoints a run can continue from: last.ckpt, the periodic stepNNNNNN.ckpt, and the hpc_ckpt_N.ckpt saved
+    on SLURM's requeue signal (files, or directories when sharded). Not best-*.ckpt: an earlier step by design."""
     ckpt_dir = run_dir / "checkpoints"
-    return [p for p in [ckpt_dir / LAST, *sorted(ckpt_dir.glob("hpc_ckpt_*.ckpt"))] if p.exists()]
+    globbed = [*sorted(ckpt_dir.glob("step*.ckpt")), *sorted(ckpt_dir.glob("hpc_ckpt_*.ckpt"))]
+    return [p for p in [ckpt_dir / LAST, *globbed] if p.exists()]
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The optimizer step a checkpoint was saved at; None if it cannot be read (e.g. a save cut short)."""
+    try:
+        return int(read_checkpoint_meta(path).get("global_step", 0))
+    except CheckpointError as e:
+        log.warning("resume: skipping %s: %s", path, e)
+        return None
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -57,10 +67,16 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        if not candidates:
+        readable = [(step, p.stat().st_mtime, p) for p in candidates if (step := _checkpoint_step(p)) is not None]
+        if not readable:
+            if candidates:
+                raise CheckpointError(
+                    f"none of the checkpoints in {run_dir / 'checkpoints'} can be read; pass resume=PATH to pick one, "
+                    "or use a fresh run dir"
+                )
             return None
         # the highest step wins; on a tie the later-saved (a requeue checkpoint written after last.ckpt)
-        return max(candidates, key=lambda p: (read_checkpoint_meta(p).get("global_step", 0), p.stat().st_mtime))
+        return max(readable)[2]
     return Path(resume).expanduser()
 
 
@@ -239,6 +255,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         log.info("schedule: %d epochs x %d steps = %d steps", trainer_cfg.max_epochs, per_epoch, trainer_cfg.max_steps)
 
     resolved = OmegaConf.to_container(raw_cfg, resolve=True) if raw_cfg is not None else dataclasses.asdict(cfg)
+    resolved = scrub_secrets(resolved)  # what config.yaml, checkpoints and loggers keep: no API keys or passwords
     task_cls = TASKS[task_name]
     task = task_cls(
         model_config=dataclasses.asdict(model_cfg),

@@ -22,6 +22,10 @@ from gptframe.training.throughput import ThroughputMonitor
 log = logging.getLogger(__name__)
 
 
+def uses_cuda(accelerator: str) -> bool:
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def launcher_topology(env=os.environ) -> tuple[int, int, str] | None:
     """(processes per node, nodes, launcher) when the ranks were started from outside (srun, torchrun, submitit),
     else None. Checked in Lightning's order: SLURM first, then torchrun-style variables."""
@@ -64,8 +68,7 @@ def resolve_topology(cfg: TrainerConfig, env=os.environ) -> TrainerConfig:
         if nodes == "auto":
             nodes = 1
         if devices == "auto":
-            uses_cuda = cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-            devices = torch.cuda.device_count() if uses_cuda else 1
+            devices = torch.cuda.device_count() if uses_cuda(cfg.accelerator) else 1
     strategy = cfg.strategy
     if strategy == "auto" and _count(devices) * nodes > 1:
         strategy = "ddp"  # several processes and no choice made: plain data parallel
@@ -97,8 +100,7 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     """'auto': bf16-mixed where a CUDA GPU supports bf16, else full fp32."""
     if precision != "auto":
         return {"32": "32-true", "64": "64-true"}.get(precision, precision)
-    uses_cuda = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    return "bf16-mixed" if uses_cuda and torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if uses_cuda(accelerator) and torch.cuda.is_bf16_supported() else "32-true"
 
 
 def build_trainer(
@@ -158,8 +160,9 @@ def build_trainer(
         use_distributed_sampler=False,  # our samplers are rank-aware and resumable
         logger=logger if logger is not None else False,
         callbacks=callbacks,
-        # where requeue checkpoints (hpc_ckpt_N.ckpt) go, also Lightning's own; resume=auto looks there
-        default_root_dir=ckpt_dir,
+        # not the checkpoint dir: under SLURM, Lightning itself would load an hpc_ckpt_N.ckpt found in
+        # default_root_dir before validate; gptframe picks the checkpoint to resume from (run.resolve_resume)
+        default_root_dir=run_dir,
         enable_model_summary=False,
         enable_progress_bar=cfg.enable_progress_bar,
         deterministic=cfg.deterministic,

@@ -159,3 +159,27 @@ def test_global_batch_tokens_sets_accumulation(tmp_path, cache_dir):
     assert summary["tokens_seen"] == 4 * 1024
     assert dataclasses.asdict(to_typed(cfg).trainer)["accumulate_grad_batches"] == 1  # the config is left as written
     assert np.isfinite(summary["val_loss"])
+
+
+def test_fsdp_rejects_fp16_mixed_precision_at_start_up():
+    with pytest.raises(ValueError, match="trainer.precision=16-mixed is not supported with trainer=fsdp"):
+        TrainerConfig(strategy="fsdp", precision="16-mixed")
+    TrainerConfig(strategy="ddp", precision="16-mixed")  # DDP has the loss scaler
+
+
+def test_resume_auto_considers_periodic_checkpoints_and_skips_unreadable_ones(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    _fake_checkpoint(ckpt_dir / "last.ckpt", 100)  # the last validation
+    _fake_checkpoint(ckpt_dir / "step000150.ckpt", 150)  # a periodic checkpoint after it (submitit requeues rely on it)
+    _fake_checkpoint(ckpt_dir / "best-step000050.ckpt", 50)
+    assert resolve_resume("auto", tmp_path) == ckpt_dir / "step000150.ckpt"
+    (ckpt_dir / "hpc_ckpt_1.ckpt").write_bytes(b"PK\x03\x04 cut short")  # a save that was killed
+    assert resolve_resume("auto", tmp_path) == ckpt_dir / "step000150.ckpt"
+    for p in ckpt_dir.glob("*.ckpt"):
+        if p.name != "hpc_ckpt_1.ckpt":
+            p.unlink()
+    from gptframe.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="none of the checkpoints"):
+        resolve_resume("auto", tmp_path)
