@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def available_cpus() -> int:
-    """CPUs this process may use: SLURM's cpus-per-task when set, else the affinity mask."""
+    """CPUs this process may use: its affinity mask, and no more than SLURM's cpus-per-task when set."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = min(cpus, int(os.environ["SLURM_CPUS_PER_TASK"]))
+    return cpus
 
 
 def loader_workers(requested: int) -> int:

@@ -165,6 +165,12 @@ class TrainerConfig:
             raise ValueError(f"trainer.strategy must be one of {'|'.join(STRATEGIES)}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"trainer.precision must be auto|32|bf16-mixed|16-mixed|bf16-true, got {self.precision!r}")
+        if self.strategy == "fsdp" and self.precision in ("16-mixed", "64", "64-true"):
+            # Lightning's ModelParallelStrategy has no loss scaler (fp16) and no fp64 path
+            raise ValueError(
+                f"trainer.precision={self.precision} is not supported with trainer=fsdp; use bf16-mixed, bf16-true "
+                "or 32 (or trainer=ddp for 16-mixed)"
+            )
         if self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
         if not (self.num_nodes == "auto" or (isinstance(self.num_nodes, int) and self.num_nodes >= 1)):

@@ -96,13 +96,17 @@ def test_bert_data_parallel_matches_single_process(tmp_path_factory, cache_dir, 
     assert distributed["val_mlm_accuracy"] == pytest.approx(single["val_mlm_accuracy"], abs=1e-3)
 
 
-def test_fsdp_bf16_with_activation_checkpointing_trains(tmp_path, cache_dir, gpt_single):
+def test_fsdp_bf16_with_activation_checkpointing_and_compile_trains(tmp_path, cache_dir, gpt_single):
     run = tmp_path / "fsdp_bf16"
     summary = _launch(
         run, cache_dir, *GPT, *CPU, "trainer=fsdp", "data.batch_size=4", "trainer.precision=bf16-mixed",
-        "trainer.activation_checkpointing=true",
+        "trainer.activation_checkpointing=true", "trainer.compile=true",
     )
     assert summary["step"] == 20 and summary["precision"].startswith("bf16")
+    log = (run / "train.log").read_text()
+    for applied in ("activation checkpointing on 2 blocks", "compiled with torch.compile (per block)",
+                    "FSDP2 over 2 ranks (2 blocks + root)"):
+        assert applied in log
     # bf16 rounding only: close to the fp32 run
     assert summary["val_loss"] == pytest.approx(gpt_single["val_loss"], abs=0.05)
 

@@ -57,7 +57,8 @@ def test_wandb_offline_run_records_metrics_config_samples_and_resumes_the_same_r
     # the resolved run config, with the resolved model config Lightning logs beside it
     assert first.config["model"]["n_layer"] == 2 and first.config["trainer"]["max_steps"] == 40
     assert first.config["model_config"]["vocab_size"] == 65 and "run_config" not in first.config
-    for key in ("train/loss", "train/lr", "train/grad_norm", "val/loss", "val/perplexity"):
+    for key in ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/tokens_per_s_per_device",
+                "val/loss", "val/perplexity"):
         assert first.rows_with(key), key
     assert len(first.rows_with("val/loss")) == 3  # two validations during fit, the final evaluation
     # a samples table at each validation during fit: 4 prompts from the validation split and their continuations
@@ -111,6 +112,18 @@ def test_api_key_never_reaches_the_run_dir(tmp_path, cache_dir, no_wandb_credent
     for path in files + [p for p in no_wandb_credentials.rglob("*") if p.is_file()]:  # and wandb's logs in HOME
         assert FAKE_KEY.encode() not in path.read_bytes(), path
     assert FAKE_KEY not in res.stdout + res.stderr
+
+
+def test_a_key_in_a_config_value_is_scrubbed_from_config_and_checkpoints(tmp_path, cache_dir, monkeypatch):
+    # a config value that resolves to the key (here from the environment) must not be written in clear either
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    run_dir = tmp_path / "run"
+    res = run_cli("gptframe-train", *TINY_RUN, f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
+                  "trainer.max_steps=10", "logger=csv", "logger.group=${oc.env:WANDB_API_KEY}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "group: '***'" in (run_dir / "config.yaml").read_text()
+    for path in [p for p in run_dir.rglob("*") if p.is_file()]:  # config.yaml, checkpoints (run_config), logs
+        assert FAKE_KEY.encode() not in path.read_bytes(), path
 
 
 def test_tensorboard_run_writes_event_files(tmp_path, cache_dir):
