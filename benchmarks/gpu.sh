@@ -38,7 +38,7 @@ else
     bert_size=(task.max_seq_len=512 data.batch_size=${BERT_BATCH:-32})
 fi
 
-shared=(data=shakespeare "data.cache_dir=$WORK/cache" trainer.max_steps="$STEPS" trainer.global_batch_tokens=null
+shared=(data=shakespeare data.val_fraction=0.1 "data.cache_dir=$WORK/cache" trainer.max_steps="$STEPS" trainer.global_batch_tokens=null
         trainer.accumulate_grad_batches=1 trainer.val_check_interval=100000 trainer.final_eval_batches=2
         trainer.log_every_n_steps=5 trainer.enable_progress_bar=false trainer.checkpoint_every_n_steps=null
         task.warmup_steps=10)
