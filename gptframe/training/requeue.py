@@ -83,6 +83,10 @@ class RequeueOnSignal(L.Callback):
         if trainer.global_step == self._step_seen:  # accumulating: no optimizer step yet
             return
         self._step_seen = trainer.global_step
+        # checked on logging steps only, where the ranks synchronise for the logged loss anyway: a check every step
+        # would stall the GPU queue (reaction time: log_every_n_steps steps, well inside --signal=USR1@90)
+        if trainer.global_step % trainer.log_every_n_steps:
+            return
         # every rank takes part in the decision, each step: the ranks got the signal at slightly different times
         if not trainer.strategy.reduce_boolean_decision(signal_received(), all=False):
             return

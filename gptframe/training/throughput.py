@@ -152,11 +152,12 @@ def model_flops_utilization(tokens_per_s_per_device: float, flops_per_token: flo
     return tokens_per_s_per_device * flops_per_token / peak
 
 
-def batch_tokens(batch) -> int:
-    """Tokens in a batch: (x, y) blocks, or a dict with input_ids (and attention_mask: real tokens only)."""
+def batch_tokens(batch) -> int | torch.Tensor:
+    """Tokens in a batch: (x, y) blocks, or a dict with input_ids (and attention_mask: real tokens only). A count
+    from the mask stays a tensor on the batch's device: reading it every step would stall the GPU."""
     if isinstance(batch, dict):
         mask = batch.get("attention_mask")
-        return int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+        return mask.sum() if mask is not None else batch["input_ids"].numel()
     return batch[0].numel()
 
 
@@ -195,14 +196,14 @@ class ThroughputMonitor(L.Callback):
     @property
     def tokens_per_s(self) -> float:
         """Over the whole fit, all ranks (summary.json)."""
-        return self.total_tokens / self.total_seconds if self.total_seconds else 0.0
+        return float(self.total_tokens) / self.total_seconds if self.total_seconds else 0.0
 
     @property
     def mfu(self) -> float | None:
         """Over the whole fit; None when the device's peak is unknown."""
         if self.peak is None or not self.total_seconds:
             return None
-        return self.total_flops / self.total_seconds / self.peak
+        return float(self.total_flops) / self.total_seconds / self.peak
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._lm_head = getattr(pl_module, "name", None) != "classification"
@@ -243,8 +244,9 @@ class ThroughputMonitor(L.Callback):
         self._last = now
         step_done = (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         if step_done and trainer.global_step % self.log_every_n_steps == 0 and self._window_seconds > 0:
-            per_device = self._window_tokens / self._window_seconds
-            flops_per_s = self._window_flops / self._window_seconds
+            # counts kept as device tensors are read here, once per logging window
+            per_device = float(self._window_tokens) / self._window_seconds
+            flops_per_s = float(self._window_flops) / self._window_seconds
             pl_module.log("train/tokens_per_s", per_device * trainer.world_size)
             pl_module.log("train/tokens_per_s_per_device", per_device)
             pl_module.log("train/tflops_per_device", flops_per_s / 1e12)

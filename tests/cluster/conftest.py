@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN, REPO
+from tests.conftest import BIN, REPO, TINY_RUN
 
 NODES = ("n1", "n2")
 START_HINT = (
@@ -27,20 +27,11 @@ START_HINT = (
 CPU_JOB = ("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1", "--time=10")
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED"}
-# A tiny char-level GPT (as tests/conftest.py's TINY_RUN) for jobs that only need to train a little, fast.
-TINY_GPT = [
-    "tokenizer=char",
-    "model=gpt_nano",
-    "model.n_layer=2",
-    "model.n_embd=64",
-    "model.n_head=2",
-    "model.block_size=32",
-    "data.batch_size=8",
-    "trainer.eval_batches=2",
-    "trainer.final_eval_batches=4",
-    "trainer.enable_progress_bar=false",
-    "task.warmup_steps=5",
-]
+# tests/conftest.py's tiny char-level GPT, less the step counts and cadences each cluster test sets for itself.
+SET_BY_CLUSTER_TESTS = ("trainer.max_steps=", "trainer.val_check_interval=", "trainer.log_every_n_steps=",
+                        "trainer.eval_batches=", "trainer.final_eval_batches=")
+TINY_GPT = [o for o in TINY_RUN if not o.startswith(SET_BY_CLUSTER_TESTS)] + [
+    "trainer.eval_batches=2", "trainer.final_eval_batches=4"]
 
 
 def _sinfo_nodes(env: dict) -> str:
