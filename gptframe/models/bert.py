@@ -217,7 +217,12 @@ class BertPreTrainingHeads(nn.Module):
 
 
 class BertForPreTraining(nn.Module):
-    """BERT with its pretraining heads: (mlm logits [B, T, V], nsp logits [B, 2])."""
+    """BERT with its pretraining heads: (mlm logits [B, T, V], nsp logits [B, 2]).
+
+    predict: optional bool mask [B, T] of the positions to predict; the MLM logits are then [N, V] for those N
+    positions only. Masked-LM training predicts ~15% of positions, and the vocabulary projection of the others is
+    wasted work: for small models it costs as much as the encoder.
+    """
 
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -231,8 +236,11 @@ class BertForPreTraining(nn.Module):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        predict: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         hidden, pooled = self.bert(input_ids, token_type_ids, attention_mask)
+        if predict is not None:
+            hidden = hidden[predict]
         return self.cls.predictions(hidden), self.cls.seq_relationship(pooled)
 
     def num_params(self) -> int:

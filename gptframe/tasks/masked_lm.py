@@ -28,11 +28,12 @@ class MaskedLMTask(TrainingTask):
         return not self.task.nsp  # the pooler and NSP head get no gradient without next-sentence prediction
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        mlm_logits, nsp_logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
         labels = batch["labels"]
         predicted = labels != IGNORE_INDEX
         # the MLM head only on predicted positions: a small fraction of the [B, T, V] logits a full pass costs
-        logits = mlm_logits[predicted]
+        logits, nsp_logits = self.model(
+            batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], predict=predicted
+        )
         targets = labels[predicted]
         if self.training and self.trainer.world_size > 1:
             # mean over the masked tokens of the *global* batch: ranks mask different numbers of tokens, and DDP

@@ -96,6 +96,15 @@ def test_pretraining_heads_equal_transformers(random_pretraining_pair):
     assert (mlm[real] - ref.prediction_logits[real]).abs().max().item() <= 1e-4
     assert (nsp - ref.seq_relationship_logits).abs().max().item() <= 1e-4
 
+    # predicting only chosen positions gives exactly those rows of the full logits
+    predict = torch.zeros_like(real)
+    predict[0, [1, 7, 19]] = predict[1, [3, 14]] = True
+    with torch.no_grad():
+        chosen, chosen_nsp = ours(ids, types, mask, predict=predict)
+    assert chosen.shape == (5, 120)
+    torch.testing.assert_close(chosen, mlm[predict])
+    torch.testing.assert_close(chosen_nsp, nsp)
+
 
 def test_mlm_decoder_is_tied_to_word_embeddings_and_init_is_bert_like():
     model = BertForPreTraining(BertConfig(vocab_size=300, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
