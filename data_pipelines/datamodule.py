@@ -149,6 +149,8 @@ class MaskedLMDataModule(StreamDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        accumulate = 1 if self.trainer is None else self.trainer.accumulate_grad_batches
+        self.examples["train"].examples_per_step = self.batch_size * world * accumulate  # keys -> steps
         sampler = RandomBlockSampler(
             self.prepared.num_tokens("train"),
             1,

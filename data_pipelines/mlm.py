@@ -5,6 +5,13 @@ sampled offset: segment A runs from there inside its document, segment B either 
 ("is next") or is a span of another document ("random next"; a corpus of one document takes a distant span). Without
 NSP (RoBERTa's FULL-SENTENCES) an example is one contiguous span that may cross documents, [SEP] between them.
 
+Sequence-length warmup (optional): training examples start short and grow linearly to max_seq_len over the first
+optimizer steps, as BERT's 128-then-512 schedule and DeepSpeed's sequence-length curriculum. A masked token only becomes
+predictable once attention has learned to look at its neighbours, and at initialisation each neighbour gets 1/T of
+the attention: with T = 64 a small BERT sits on the "unigram plateau" (predicting frequent tokens everywhere) for
+thousands of steps, with T = 16 it leaves it in a few hundred. The length is a function of the step, which follows
+from an example's key, so resumed runs and any world size still build the same examples.
+
 Masking is dynamic: every example draws its own mask from a generator seeded by (seed, example key, offset), so resumed
 runs and DDP ranks see the same masks as one uninterrupted process, and no two epochs share them. Of the chosen 15% of non-special tokens, 80% become [MASK],
 10% a random token, 10% stay; whole-word masking chooses words (a WordPiece token and its "##" continuations).
@@ -30,6 +37,21 @@ class MaskingConfig:
     mask_token_prob: float = 0.8
     random_token_prob: float = 0.1
     whole_word_masking: bool = False
+
+
+@dataclass(frozen=True)
+class SeqLenWarmup:
+    """Example length by optimizer step: `start` at step 0, growing linearly to `end` at step `steps` (multiples of 8)."""
+
+    start: int
+    end: int
+    steps: int
+
+    def length(self, step: int) -> int:
+        if step >= self.steps:
+            return self.end
+        grown = self.start + (self.end - self.start) * step // self.steps
+        return min(self.end, max(self.start, grown // 8 * 8))
 
 
 @dataclass(frozen=True)
@@ -89,6 +111,7 @@ class MaskedLMExamples:
         short_seq_prob: float,
         seed: int,
         continuation: np.ndarray | None = None,
+        seq_len_warmup: SeqLenWarmup | None = None,
     ):
         self.tokens = tokens
         self.special = special
@@ -98,6 +121,10 @@ class MaskedLMExamples:
         self.short_seq_prob = short_seq_prob
         self.seed = seed
         self.continuation = continuation
+        self.seq_len_warmup = seq_len_warmup
+        # examples per optimizer step (global batch x accumulation): the datamodule sets it once the world is known;
+        # with it, an example's key gives its step, and so its length under the warmup
+        self.examples_per_step = 1
         self.doc_starts, self.doc_ends = document_bounds(tokens, special.sep)
 
     def __len__(self) -> int:
@@ -106,15 +133,20 @@ class MaskedLMExamples:
     def __getitem__(self, batch: tuple[list[int], list[int]]) -> dict[str, torch.Tensor]:
         """batch = (each example's key in the global stream, example start offsets); deterministic in both."""
         keys, offsets = batch
+        length = self.seq_len(max(keys[0], 0) // self.examples_per_step) if keys else self.max_seq_len
         examples = []
         for key, offset in zip(keys, offsets, strict=True):
             rng = np.random.default_rng([self.seed, max(key, 0), offset])
-            ids, types, is_random_next = self._pair(rng, offset) if self.nsp else self._full_span(offset)
+            ids, types, is_random_next = self._pair(rng, offset, length) if self.nsp else self._full_span(offset, length)
             masked, labels = self._mask(rng, ids)
             if key < 0:  # evaluation padding (sampling.PAD_KEY): an example no metric counts
                 labels, is_random_next = np.full_like(labels, IGNORE_INDEX), IGNORE_INDEX
             examples.append((masked, types, is_random_next, labels))
         return self._collate(examples)
+
+    def seq_len(self, step: int) -> int:
+        """The length of the examples of optimizer step `step`."""
+        return self.max_seq_len if self.seq_len_warmup is None else self.seq_len_warmup.length(step)
 
     # -- segments ------------------------------------------------------------------------------------------------
     def _document_of(self, offset: int) -> int:
@@ -124,8 +156,8 @@ class MaskedLMExamples:
         start = min(max(start, self.doc_starts[doc]), self.doc_ends[doc])
         return np.asarray(self.tokens[start : min(start + length, self.doc_ends[doc])], dtype=np.int64)
 
-    def _pair(self, rng: np.random.Generator, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
-        target = self.max_seq_len - 3  # [CLS] A [SEP] B [SEP]
+    def _pair(self, rng: np.random.Generator, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, int]:
+        target = length - 3  # [CLS] A [SEP] B [SEP]
         if rng.random() < self.short_seq_prob:
             target = int(rng.integers(2, target + 1))
         doc = self._document_of(offset)
@@ -159,10 +191,10 @@ class MaskedLMExamples:
                 return span
         return self._span(int(rng.integers(0, len(self.tokens))), length, 0 if n_docs == 1 else (doc + 1) % n_docs)
 
-    def _full_span(self, offset: int) -> tuple[np.ndarray, np.ndarray, int]:
-        length = self.max_seq_len - 2  # [CLS] span [SEP]; documents inside keep their [SEP] separators
-        start = max(0, min(offset, len(self.tokens) - length))
-        span = np.asarray(self.tokens[start : start + length], dtype=np.int64)
+    def _full_span(self, offset: int, length: int) -> tuple[np.ndarray, np.ndarray, int]:
+        span_len = length - 2  # [CLS] span [SEP]; documents inside keep their [SEP] separators
+        start = max(0, min(offset, len(self.tokens) - span_len))
+        span = np.asarray(self.tokens[start : start + span_len], dtype=np.int64)
         ids = np.concatenate([[self.special.cls], span, [self.special.sep]])
         return ids, np.zeros_like(ids), IGNORE_INDEX
 

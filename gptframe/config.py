@@ -70,6 +70,10 @@ class MaskedLMTaskConfig(OptimizerSchedule):
     random_token_prob: float = 0.1
     whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece "##", SentencePiece "▁")
     short_seq_prob: float = 0.1  # as BERT: sometimes a shorter target length, so short inputs are seen too
+    # sequence-length warmup: training examples start at seq_len_warmup_start tokens and grow linearly to max_seq_len
+    # over the first seq_len_warmup_steps optimizer steps (0: off). Gets a small BERT off the masked-LM plateau early.
+    seq_len_warmup_steps: int = 0
+    seq_len_warmup_start: int = 16
 
     def __post_init__(self) -> None:
         self._check_name("mlm")
@@ -83,6 +87,10 @@ class MaskedLMTaskConfig(OptimizerSchedule):
             raise ValueError("task.mask_token_prob + task.random_token_prob must be <= 1")
         if self.max_seq_len is not None and self.max_seq_len < 8:
             raise ValueError(f"task.max_seq_len must be >= 8 or null, got {self.max_seq_len}")
+        if self.seq_len_warmup_steps < 0:
+            raise ValueError(f"task.seq_len_warmup_steps must be >= 0, got {self.seq_len_warmup_steps}")
+        if self.seq_len_warmup_start < 8:
+            raise ValueError(f"task.seq_len_warmup_start must be >= 8, got {self.seq_len_warmup_start}")
 
 
 @dataclass

@@ -58,7 +58,9 @@ class MaskedLMTask(TrainingTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self._forward(batch)
-        extra = {"mlm_loss": out["mlm_loss"], "mlm_accuracy": out["mlm_accuracy"]}
+        # seq_len: the examples' length, which grows under task.seq_len_warmup_steps
+        extra = {"mlm_loss": out["mlm_loss"], "mlm_accuracy": out["mlm_accuracy"],
+                 "seq_len": float(batch["input_ids"].size(1))}
         if self.task.nsp:
             extra.update(nsp_loss=out["nsp_loss"], nsp_accuracy=out["nsp_accuracy"])
         self._log_train(out["loss"], **extra)

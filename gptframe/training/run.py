@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_pipelines.classification import EncodedExamples, encode_examples, label_ids, label_names, read_labeled
 from data_pipelines.datamodule import CausalLMDataModule, ClassificationDataModule, MaskedLMDataModule
-from data_pipelines.mlm import MaskedLMExamples, MaskingConfig, SpecialIds, word_continuation_table
+from data_pipelines.mlm import MaskedLMExamples, MaskingConfig, SeqLenWarmup, SpecialIds, word_continuation_table
 from data_pipelines.prepare import build_tokenizer, prepare
 from data_pipelines.sources import open_corpus
 from data_pipelines.tokenizers import Tokenizer, tokenizer_from_files
@@ -194,6 +194,12 @@ def build_lm_data(cfg: TrainConfig, tokenizer: Tokenizer | None, model_cfg: Mode
         raise ConfigError(
             f"task.max_seq_len={max_seq_len} exceeds model.max_position_embeddings={model_cfg.max_position_embeddings}"
         )
+    if t.seq_len_warmup_steps and t.seq_len_warmup_start > max_seq_len:
+        raise ConfigError(
+            f"task.seq_len_warmup_start={t.seq_len_warmup_start} exceeds the example length {max_seq_len} "
+            "(task.max_seq_len, or the model's max_position_embeddings)"
+        )
+    warmup = SeqLenWarmup(t.seq_len_warmup_start, max_seq_len, t.seq_len_warmup_steps) if t.seq_len_warmup_steps else None
     special = SpecialIds.of(tokenizer)
     masking = MaskingConfig(t.mask_prob, t.mask_token_prob, t.random_token_prob, t.whole_word_masking)
     continuation = word_continuation_table(tokenizer) if t.whole_word_masking else None
@@ -201,6 +207,7 @@ def build_lm_data(cfg: TrainConfig, tokenizer: Tokenizer | None, model_cfg: Mode
         split: MaskedLMExamples(
             prepared.tokens(split), special, max_seq_len, masking, t.nsp, t.short_seq_prob,
             cfg.seed if split == "train" else cfg.seed + 1, continuation,
+            seq_len_warmup=warmup if split == "train" else None,  # validation always at full length
         )
         for split in ("train", "val")
     }

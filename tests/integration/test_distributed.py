@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4
 STEPS = ["trainer.max_steps=20", "trainer.val_check_interval=10", "task.lr_decay_steps=20"]
 GPT = [*TINY_RUN, "model.dropout=0.0", *STEPS]
-BERT = [*TINY_BERT, "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", *STEPS]
+# with sequence-length warmup: example lengths follow the global step, so they must agree across world sizes too
+BERT = [*TINY_BERT, "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", *STEPS,
+        "task.seq_len_warmup_steps=12", "task.seq_len_warmup_start=16"]
 CPU = ["trainer.accelerator=cpu"]
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from data_pipelines.mlm import SeqLenWarmup
 from gptframe.config import to_typed
 from gptframe.loading import load_model
 from gptframe.training.run import run_training
@@ -54,6 +55,20 @@ def test_mlm_labels_line_up_with_inputs(tmp_path, cache_dir, small_corpus_module
     summary = _train(tmp_path, cache_dir, *TINY_BERT, f"data.path={small_corpus_module}", "task.mask_token_prob=0",
                      "task.random_token_prob=0", "task.nsp=false")
     assert summary["val_mlm_accuracy"] > 0.9 and "val_nsp_accuracy" not in summary
+
+
+def test_mlm_seq_len_warmup_grows_examples_by_optimizer_step(tmp_path, cache_dir, small_corpus_module):
+    """With accumulation 2, two micro-batches make a step: lengths must follow optimizer steps, not micro-batches."""
+    summary = _train(tmp_path, cache_dir, *TINY_BERT, f"data.path={small_corpus_module}", "task.nsp=false",
+                     "task.seq_len_warmup_steps=12", "task.seq_len_warmup_start=16", "trainer.max_steps=16",
+                     "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1", "trainer.val_check_interval=8")
+    with open(tmp_path / "logs" / "version_0" / "metrics.csv") as f:
+        by_step = {int(row["step"]): float(row["train/seq_len"]) for row in csv.DictReader(f) if row["train/seq_len"]}
+    lengths = [by_step[step] for step in sorted(by_step)]
+    warmup = SeqLenWarmup(start=16, end=64, steps=12)  # TINY_BERT: 64 positions, the full example length
+    assert lengths == [warmup.length(step) for step in range(16)]
+    assert lengths[0] == 16 and lengths[-1] == 64
+    assert summary["step"] == 16 and summary["val_mlm_accuracy"] > 0.0  # validation at full length works
 
 
 def test_mlm_resume_sees_the_same_batches(tmp_path, cache_dir, small_corpus_module):

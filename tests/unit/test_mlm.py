@@ -8,6 +8,7 @@ from data_pipelines.mlm import (
     IGNORE_INDEX,
     MaskedLMExamples,
     MaskingConfig,
+    SeqLenWarmup,
     SpecialIds,
     document_bounds,
     word_continuation_table,
@@ -119,6 +120,38 @@ def test_masks_are_deterministic_per_batch_index_and_differ_between_batches():
     for key in first:
         assert (first[key] == again[key]).all()
     assert not (first["labels"] == other["labels"]).all()
+
+
+
+def test_seq_len_warmup_is_linear_in_multiples_of_8_then_full_length():
+    warmup = SeqLenWarmup(start=16, end=64, steps=100)
+    lengths = [warmup.length(step) for step in range(0, 120, 10)]
+    assert lengths == [16, 16, 24, 24, 32, 40, 40, 48, 48, 56, 64, 64]
+    assert [SeqLenWarmup(start=20, end=30, steps=10).length(s) for s in (0, 9, 10)] == [20, 24, 30]  # >= start
+
+
+@pytest.mark.parametrize("nsp", [True, False])
+def test_seq_len_warmup_lengths_follow_the_step_of_the_keys_whatever_the_world_size(nsp):
+    tokens = _stream([5000, 5000])
+    warmup = SeqLenWarmup(start=16, end=64, steps=100)
+    single = _examples(tokens, nsp=nsp, max_seq_len=64, seq_len_warmup=warmup)
+    single.examples_per_step = 8  # batch 8, one process
+    ranks = _examples(tokens, nsp=nsp, max_seq_len=64, seq_len_warmup=warmup)
+    ranks.examples_per_step = 8  # batch 4 on each of 2 ranks
+    offsets = [5, 900, 3100, 4000, 6000, 7000, 8000, 9000]
+    for step in (0, 30, 60, 99, 100, 500):
+        keys = list(range(step * 8, step * 8 + 8))
+        whole = single[(keys, offsets)]
+        assert whole["input_ids"].shape[1] <= warmup.length(step)
+        assert whole["attention_mask"].sum(1).max().item() == warmup.length(step)  # no short_seq_prob here
+        for rank in (0, 1):  # each rank's half equals the single process's rows
+            part = ranks[(keys[4 * rank : 4 * rank + 4], offsets[4 * rank : 4 * rank + 4])]
+            rows = slice(4 * rank, 4 * rank + 4)
+            width = part["input_ids"].shape[1]
+            assert (part["input_ids"] == whole["input_ids"][rows, :width]).all()
+            assert (part["labels"] == whole["labels"][rows, :width]).all()
+    full = _examples(tokens, nsp=nsp, max_seq_len=64)  # no warmup: validation, always full length
+    assert full[([0, 1], [5, 900])]["attention_mask"].sum(1).max().item() == 64
 
 
 def test_whole_word_masking_masks_every_piece_of_a_word(shakespeare_text):
