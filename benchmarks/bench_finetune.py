@@ -32,7 +32,7 @@ BIN = Path(sys.executable).parent
 # the fine-tuning settings copied from the pipeline's run so both arms share them
 SHARED_KEYS = ("task.lr", "task.min_lr", "task.weight_decay", "task.warmup_steps", "task.max_seq_len",
                "trainer.max_epochs", "trainer.accumulate_grad_batches", "data.batch_size")
-MODEL_GROUP = {"gpt": "gpt_micro", "bert": "bert_mini"}
+MODEL_GROUP = {"gpt": "gpt_micro", "bert": "bert_tiny"}
 
 
 def run(cmd: list[str]) -> None:
