@@ -5,7 +5,7 @@ import json
 import pytest
 
 from gptframe import pipeline
-from tests.conftest import TINY_RUN, run_cli
+from tests.conftest import TINY_BERT, TINY_RUN, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,10 @@ def test_task_and_model_that_do_not_fit_is_a_clear_error(tmp_path, cache_dir):
     res = run_cli("gptframe-train", "task=mlm", "model=bert_mini", "tokenizer=char", f"data.cache_dir={cache_dir}",
                   f"hydra.run.dir={run_dir}", "trainer.max_steps=2")
     _assert_rejected(res, "masked-LM training needs [CLS], [SEP], [MASK] and [PAD] tokens", run_dir=run_dir)
+
+
+def test_seq_len_warmup_longer_than_the_examples_is_a_clear_error(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    res = run_cli("gptframe-train", *TINY_BERT, f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}",
+                  "task.max_seq_len=32", "task.seq_len_warmup_steps=10", "task.seq_len_warmup_start=48")
+    _assert_rejected(res, "task.seq_len_warmup_start=48 exceeds the example length 32", run_dir=run_dir)
