@@ -58,12 +58,13 @@ class MaskedLMTask(TrainingTask):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         out = self._forward(batch)
-        # seq_len: the examples' length, which grows under task.seq_len_warmup_steps
-        extra = {"mlm_loss": out["mlm_loss"], "mlm_accuracy": out["mlm_accuracy"],
-                 "seq_len": float(batch["input_ids"].size(1))}
+        extra = {"mlm_loss": out["mlm_loss"], "mlm_accuracy": out["mlm_accuracy"]}
         if self.task.nsp:
             extra.update(nsp_loss=out["nsp_loss"], nsp_accuracy=out["nsp_accuracy"])
         self._log_train(out["loss"], **extra)
+        if self._logs_this_step():
+            # the batch width, which grows under task.seq_len_warmup_steps; this rank's is enough, no sync
+            self.log("train/seq_len", float(batch["input_ids"].size(1)))
         return out["loss"]
 
     def validation_step(self, batch, batch_idx: int) -> None:
