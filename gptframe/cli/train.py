@@ -59,6 +59,18 @@ def main(cfg: DictConfig) -> None:
         if global_rank() == 0:  # one log file per run; the other ranks' output goes to their launcher's stderr
             add_file_log(run_dir, "train.log")
         run_training(typed, run_dir, cfg)
+        shut_down_process_group()
+
+
+def shut_down_process_group() -> None:
+    """Leave the process group together and explicitly. A rank that finishes first (the others write no summary) and
+    exits with its gloo/NCCL group still alive can abort in the group's destructor ("terminate called without an
+    active exception", exit -6) while rank 0 is still talking to it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
