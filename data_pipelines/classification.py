@@ -1,5 +1,5 @@
 """Labeled data for fine-tuning: CSV / TSV / JSONL files with a text column, an optional text-pair column and a label
-column (names or ints), turned into padded batches for BERT ([CLS] A [SEP] B [SEP]) or GPT (A [EOS] B).
+column (names or ints), turned into padded batches for encoders ([CLS] A [SEP] B [SEP]) or decoders (A [EOS] B).
 
 Labels map to ids in sorted order of the training labels (ints numerically); the names travel with the checkpoint.
 """
@@ -113,18 +113,18 @@ def label_ids(examples: LabeledExamples, names: list[str]) -> np.ndarray:
 
 
 def encode_examples(
-    tokenizer: Tokenizer, texts: list[str], pairs: list[str] | None, max_len: int, arch: str
+    tokenizer: Tokenizer, texts: list[str], pairs: list[str] | None, max_len: int, cls_sep: bool
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """(ids, token type ids) per example, truncated to max_len. BERT: [CLS] A [SEP] (B [SEP]), the longer segment
-    trimmed first; GPT: A (EOS B), keeping the beginning."""
+    """(ids, token type ids) per example, truncated to max_len. cls_sep (encoders, BERT): [CLS] A [SEP] (B [SEP]),
+    the longer segment trimmed first; else (decoders): A (EOS B), keeping the beginning."""
     ids_out, types_out = [], []
     for i, text in enumerate(texts):
         pair = pairs[i] if pairs is not None else None
         a = tokenizer.encode(text)
         b = tokenizer.encode(pair) if pair else None
-        if arch == "bert":
+        if cls_sep:
             if not isinstance(tokenizer, WordPieceTokenizer) and tokenizer.cls_id is None:
-                raise DataError(f"a BERT classifier needs [CLS]/[SEP] tokens; the {tokenizer.kind} tokenizer has none")
+                raise DataError(f"an encoder classifier needs [CLS]/[SEP] tokens; the {tokenizer.kind} tokenizer has none")
             a, b = _truncate_pair(a, b, max_len - (3 if b is not None else 2))
             ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
             types = [0] * len(ids)

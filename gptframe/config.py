@@ -7,7 +7,7 @@ work starts; value checks (`__post_init__`) run in `to_typed`, still before anyt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -16,8 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipelines import RESOURCES
 from data_pipelines.config import DataConfig, TokenizerConfig
 from gptframe.errors import ConfigError
-from gptframe.models.bert import BertConfig
-from gptframe.models.gpt import GPTConfig
+from gptframe.registry import architectures
 
 
 @dataclass
@@ -45,89 +44,6 @@ class OptimizerSchedule:
     def _check_name(self, expected: str) -> None:
         if self.name != expected:  # type: ignore[attr-defined]
             raise ValueError(f"task.name must be {expected!r} for {type(self).__name__}, got {self.name!r}")  # type: ignore[attr-defined]
-
-
-@dataclass
-class CausalLMTaskConfig(OptimizerSchedule):
-    """Causal-LM pretraining (GPT): next-token prediction on blocks of the prepared token stream."""
-
-    name: str = "clm"
-
-    def __post_init__(self) -> None:
-        self._check_name("clm")
-        self._check_optimizer()
-
-
-@dataclass
-class MaskedLMTaskConfig(OptimizerSchedule):
-    """Masked-LM (+ next-sentence) pretraining (BERT) on [CLS] A [SEP] B [SEP] examples from the prepared data."""
-
-    name: str = "mlm"
-    max_seq_len: int | None = None  # None: the model's max_position_embeddings
-    nsp: bool = True  # next-sentence prediction; false: RoBERTa-style full sentences, no NSP loss
-    mask_prob: float = 0.15  # of non-special tokens
-    mask_token_prob: float = 0.8  # of the selected tokens: [MASK]; then random_token_prob random, the rest unchanged
-    random_token_prob: float = 0.1
-    whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece "##", SentencePiece "▁")
-    short_seq_prob: float = 0.1  # as BERT: sometimes a shorter target length, so short inputs are seen too
-    # sequence-length warmup: training examples start at seq_len_warmup_start tokens and grow linearly to max_seq_len
-    # over the first seq_len_warmup_steps optimizer steps (0: off). Gets a small BERT off the masked-LM plateau early.
-    seq_len_warmup_steps: int = 0
-    seq_len_warmup_start: int = 16
-
-    def __post_init__(self) -> None:
-        self._check_name("mlm")
-        self._check_optimizer()
-        for key in ("mask_prob", "mask_token_prob", "random_token_prob", "short_seq_prob"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise ValueError(f"task.{key} must be in [0, 1], got {getattr(self, key)}")
-        if self.mask_prob == 0.0:
-            raise ValueError("task.mask_prob must be > 0")
-        if self.mask_token_prob + self.random_token_prob > 1.0:
-            raise ValueError("task.mask_token_prob + task.random_token_prob must be <= 1")
-        if self.max_seq_len is not None and self.max_seq_len < 8:
-            raise ValueError(f"task.max_seq_len must be >= 8 or null, got {self.max_seq_len}")
-        if self.seq_len_warmup_steps < 0:
-            raise ValueError(f"task.seq_len_warmup_steps must be >= 0, got {self.seq_len_warmup_steps}")
-        if self.seq_len_warmup_start < 8:
-            raise ValueError(f"task.seq_len_warmup_start must be >= 8, got {self.seq_len_warmup_start}")
-
-
-@dataclass
-class ClassificationTaskConfig(OptimizerSchedule):
-    """Sequence classification (fine-tuning): BERT from the pooled [CLS], GPT from the last real token."""
-
-    name: str = "classification"
-    max_seq_len: int | None = 128  # inputs are truncated to this many tokens (None: the model's context)
-    classifier_dropout: float | None = None  # BERT: None uses the model's hidden dropout
-
-    def __post_init__(self) -> None:
-        self._check_name("classification")
-        self._check_optimizer()
-        if self.max_seq_len is not None and self.max_seq_len < 2:
-            raise ValueError(f"task.max_seq_len must be >= 2 or null, got {self.max_seq_len}")
-
-
-TASK_CONFIGS = (CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig)
-
-
-@dataclass
-class GPTModelConfig(GPTConfig):
-    """The `model` group's GPT schema: the architecture plus where to initialise it from."""
-
-    init_from: str | None = None  # a gptframe checkpoint or a Hugging Face model dir: architecture, weights, tokenizer
-
-
-@dataclass
-class BertModelConfig(BertConfig):
-    init_from: str | None = None  # a gptframe checkpoint or a Hugging Face model dir: architecture, weights, tokenizer
-
-
-def split_model_schema(schema: GPTModelConfig | BertModelConfig) -> tuple[GPTConfig | BertConfig, str | None]:
-    """(the plain model config, init_from): the model never sees how it is initialised."""
-    values = {f.name: getattr(schema, f.name) for f in fields(schema) if f.name != "init_from"}
-    plain = GPTConfig(**values) if isinstance(schema, GPTConfig) else BertConfig(**values)
-    return plain, schema.init_from
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")
@@ -223,8 +139,8 @@ class LoggerConfig:
 class TrainConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: Any = None  # a schema of the `model` group (GPTModelConfig, BertModelConfig)
-    task: Any = None  # a schema of the `task` group (CausalLMTaskConfig, MaskedLMTaskConfig, ClassificationTaskConfig)
+    model: Any = None  # a schema of the `model` group: an architecture's config + init_from (model_schemas())
+    task: Any = None  # a schema of the `task` group: a task unit's config_class (gptframe.tasks)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     name: str = "default"  # run name; the run dir is outputs/<name> unless hydra.run.dir is set
@@ -257,30 +173,61 @@ class GenerateConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
+def model_schemas() -> dict[str, type]:
+    """`<arch>_schema` of the `model` group: each architecture's config plus where to initialise it from."""
+    return {name: _model_schema(spec.config_class) for name, spec in architectures().items()}
+
+
+_SCHEMAS: dict[type, type] = {}
+
+
+def _model_schema(config_class: type) -> type:
+    if config_class not in _SCHEMAS:
+        name = config_class.__name__.removesuffix("Config") + "ModelConfig"  # GPTConfig -> GPTModelConfig
+        # init_from: a gptframe checkpoint or a Hugging Face model dir: architecture, weights, tokenizer
+        schema = make_dataclass(name, [("init_from", str | None, field(default=None))], bases=(config_class,))
+        # a module attribute, so pickles (submitit jobs, Lightning hparams) find the class by name
+        schema.__module__ = __name__
+        globals()[name] = schema
+        _SCHEMAS[config_class] = schema
+    return _SCHEMAS[config_class]
+
+
+def split_model_schema(schema) -> tuple[Any, str | None]:
+    """(the plain model config, init_from): the model never sees how it is initialised."""
+    plain_class = next(c for c in type(schema).__mro__[1:] if c in _SCHEMAS)
+    values = {f.name: getattr(schema, f.name) for f in fields(schema) if f.name != "init_from"}
+    return plain_class(**values), schema.init_from
+
+
 def register_configs() -> None:
+    from gptframe.tasks import TASKS
+
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="gpt_schema", node=GPTModelConfig)
-    cs.store(group="model", name="bert_schema", node=BertModelConfig)
-    cs.store(group="task", name="clm_schema", node=CausalLMTaskConfig)
-    cs.store(group="task", name="mlm_schema", node=MaskedLMTaskConfig)
-    cs.store(group="task", name="classification_schema", node=ClassificationTaskConfig)
+    for name, schema in model_schemas().items():
+        cs.store(group="model", name=f"{name}_schema", node=schema)
+    for name, task in TASKS.items():
+        cs.store(group="task", name=f"{name}_schema", node=task.config_class)
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", lambda name: str(RESOURCES / name))
 
 
 def to_typed(cfg: DictConfig) -> TrainConfig:
     """The composed config as dataclass objects, with every value check run. Raises ConfigError."""
+    from gptframe.tasks import TASKS
+
     try:
         typed = OmegaConf.to_object(cfg)
     except Exception as e:  # ValueError from __post_init__, or omegaconf's missing/validation errors
         raise ConfigError(f"invalid config: {_describe(e)}") from None
-    if not isinstance(typed.model, (GPTModelConfig, BertModelConfig)):
+    if not isinstance(typed.model, tuple(model_schemas().values())):
         raise ConfigError(
-            "model: pick a model config (e.g. model=gpt_nano or model=bert_mini); it must extend a model schema"
+            "model: pick a model config (e.g. model=gpt_nano, model=llama_micro or model=bert_mini); it must extend a "
+            "model schema"
         )
-    if not isinstance(typed.task, TASK_CONFIGS):
-        raise ConfigError("task: pick a task config (task=clm, task=mlm or task=classification)")
+    if not isinstance(typed.task, tuple(t.config_class for t in TASKS.values())):
+        raise ConfigError(f"task: pick a task config (task={' | '.join(TASKS)})")
     return typed
 
 
@@ -290,3 +237,6 @@ def _describe(e: Exception) -> str:
     full_key = getattr(e, "full_key", None)
     first = msg.splitlines()[0] if msg else type(e).__name__
     return f"{first} (key: {full_key})" if full_key and full_key not in first else first
+
+
+model_schemas()  # defined at import: a pickled config's class is found by name in a fresh process

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # Pretraining followed by fine-tuning, one stage after another under one pipeline dir:
 #
-#   launch/pipeline.sh {gpt|bert} [overrides...]
+#   launch/pipeline.sh RECIPE [overrides...]      RECIPE: a conf/pipeline/<name>.yaml (gpt, llama, bert)
 #
 # Stages (each consumes the previous stage's outputs):
 #   data      the Shakespeare speaker task: train/val passages, and a pretraining corpus without the val passages
-#   pretrain  gptframe-train task=clm (gpt) or task=mlm (bert) on that corpus
+#   pretrain  gptframe-train with the recipe's pretraining overrides (task=clm or task=mlm) on that corpus
 #   finetune  gptframe-train task=classification model.init_from=<pretrain checkpoint>
 #   export    gptframe-export of both checkpoints to Hugging Face directories
-#   evaluate  the fine-tuned accuracy against the majority baseline, and a sample (gpt) or fill-mask (bert)
+#   evaluate  the fine-tuned accuracy against the majority baseline, and the recipe's sample (text-generation or
+#             fill-mask) from the exported pretrained model
 #
 # Overrides: `pretrain.KEY=VALUE` goes to the pretraining stage, `finetune.KEY=VALUE` to fine-tuning, a plain
 # `KEY=VALUE` to both (e.g. trainer.accelerator=cpu); `pipeline.dir=PATH` picks the pipeline dir
-# (default outputs/pipeline-{gpt|bert}). A re-run skips the stages that completed with the same overrides and resumes
+# (default outputs/pipeline-RECIPE). A re-run skips the stages that completed with the same overrides and resumes
 # an interrupted one (resume=auto); a stage whose overrides changed runs again, continuing its checkpoint.
 #
 # GPTFRAME_LAUNCHER: a command prefix for the two training stages only ("srun --kill-on-bad-exit=1" in
@@ -21,10 +22,13 @@
 set -euo pipefail
 read -ra launcher <<<"${GPTFRAME_LAUNCHER:-}"
 
-usage() { echo "usage: $0 {gpt|bert} [pretrain.KEY=V] [finetune.KEY=V] [KEY=V] [pipeline.dir=PATH]" >&2; exit 2; }
+recipes_dir="$(cd "$(dirname "$0")/.." && pwd)/conf/pipeline"
+recipes() { local f names=(); for f in "$recipes_dir"/*.yaml; do names+=("$(basename "$f" .yaml)"); done; echo "${names[*]}"; }
+usage() { echo "usage: $0 {$(recipes | tr ' ' '|')} [pretrain.KEY=V] [finetune.KEY=V] [KEY=V] [pipeline.dir=PATH]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 arch=$1; shift
-case "$arch" in gpt|bert) ;; *) echo "pipeline: unknown architecture '$arch' (expected gpt or bert)" >&2; usage ;; esac
+recipe="$recipes_dir/$arch.yaml"
+[[ $arch != */* && -f $recipe ]] || { echo "pipeline: unknown recipe '$arch' (expected one of: $(recipes))" >&2; usage; }
 
 dir="outputs/pipeline-$arch"
 pretrain_args=() finetune_args=() common_args=()
@@ -38,19 +42,21 @@ for arg in "$@"; do
   esac
 done
 
-# The recipe of each architecture: what `make train` and benchmarks/RESULTS.md run.
-if [[ $arch == gpt ]]; then
-  pretrain_recipe=(task=clm tokenizer=sentencepiece model=gpt_micro)
-  finetune_recipe=(task.lr=3e-4 task.max_seq_len=128 trainer.max_epochs=4 data.batch_size=16)
-else
-  # masked LM without NSP (RoBERTa's full sentences) at 40% masking (Wettig et al. 2023), examples growing from 16 to
-  # 64 tokens over 900 steps: at full length from the start a small BERT stays on the masked-LM plateau for
-  # thousands of steps (benchmarks/RESULTS.md §4)
-  pretrain_recipe=(task=mlm tokenizer=wordpiece tokenizer.vocab_size=4096 model=bert_tiny task.max_seq_len=64
-                   task.nsp=false task.mask_prob=0.4 task.seq_len_warmup_steps=900 task.lr=2e-3 task.min_lr=2e-4
-                   data.batch_size=128 trainer.max_steps=1500 trainer.val_check_interval=250)
-  finetune_recipe=(task.lr=3e-4 task.max_seq_len=128 trainer.max_epochs=6 data.batch_size=16)
-fi
+# recipe_field KEY: the recipe's KEY, one item per line (a list's items, or the value)
+recipe_field() {
+  python - "$recipe" "$1" <<'EOF'
+import sys, yaml
+value = (yaml.safe_load(open(sys.argv[1])) or {}).get(sys.argv[2])
+if value is None:
+    sys.exit(f"pipeline: {sys.argv[1]} has no {sys.argv[2]!r} entry")
+print("\n".join(map(str, value if isinstance(value, list) else [value])))
+EOF
+}
+pretrain_recipe=() finetune_recipe=()
+while IFS= read -r item; do pretrain_recipe+=("$item"); done < <(recipe_field pretrain)
+while IFS= read -r item; do finetune_recipe+=("$item"); done < <(recipe_field finetune)
+sample=$(recipe_field sample)
+[[ ${#pretrain_recipe[@]} -gt 0 && ${#finetune_recipe[@]} -gt 0 ]] || { echo "pipeline: $recipe needs pretrain and finetune lists" >&2; exit 2; }
 
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -115,10 +121,9 @@ print(f"speaker classification ({result['num_labels']} speakers, {result['num_va
       f"accuracy {fine['val_accuracy']:.3f} (best {fine.get('best_val_accuracy') or 0:.3f}), macro-F1 {fine['val_f1']:.3f}; "
       f"majority baseline {stats['majority_baseline_accuracy']:.3f}")
 EOF
-if [[ $arch == gpt ]]; then
-  gptframe-generate ckpt="$export_dir/pretrained" prompt="ROMEO:" max_new_tokens=120 seed=1337
-else
-  python - "$export_dir/pretrained" <<'EOF'
+case "$sample" in
+  text-generation) gptframe-generate ckpt="$export_dir/pretrained" prompt="ROMEO:" max_new_tokens=120 seed=1337 ;;
+  fill-mask) python - "$export_dir/pretrained" <<'EOF'
 import sys
 import gptframe
 fill = gptframe.pipeline("fill-mask", model=sys.argv[1])
@@ -126,5 +131,7 @@ for text in ("the king is [MASK] .", "what say you , my [MASK] ?"):
     top = fill(text, top_k=3)
     print(text, "->", ", ".join(f"{r['token_str']} ({r['score']:.2f})" for r in top))
 EOF
-fi
+  ;;
+  *) echo "pipeline: $recipe: unknown sample '$sample' (text-generation or fill-mask)" >&2; exit 2 ;;
+esac
 log "done: $dir (results.json, export/)"

@@ -1,17 +1,12 @@
-"""Tokenizers behind one interface (`Tokenizer`): char, SentencePiece, WordPiece, and any Hugging Face tokenizer.json."""
+"""Tokenizers behind one interface (`Tokenizer`): char, SentencePiece, WordPiece, and any Hugging Face tokenizer.json.
 
-from data_pipelines.tokenizers.base import HFExport, Tokenizer, load_tokenizer, tokenizer_from_files
+Each kind registers itself in TOKENIZER_KINDS (base.py) when its module is imported below."""
+
+from data_pipelines.tokenizers.base import TOKENIZER_KINDS, HFExport, Tokenizer, load_tokenizer, tokenizer_from_files
 from data_pipelines.tokenizers.char import CharTokenizer
 from data_pipelines.tokenizers.huggingface import HFTokenizer, load_hf_tokenizer
 from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
 from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
-
-TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {
-    CharTokenizer.kind: CharTokenizer,
-    SentencePieceTokenizer.kind: SentencePieceTokenizer,
-    WordPieceTokenizer.kind: WordPieceTokenizer,
-    HFTokenizer.kind: HFTokenizer,
-}
 
 __all__ = [
     "CharTokenizer",

@@ -53,8 +53,22 @@ class HFExport:
     files: dict[str, bytes] = field(default_factory=dict)  # extra files (e.g. WordPiece's vocab.txt)
 
 
+TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {}  # kind -> class; each concrete tokenizer registers itself
+
+
 class Tokenizer(ABC):
     kind: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" in cls.__dict__:
+            TOKENIZER_KINDS[cls.kind] = cls
+
+    @classmethod
+    def from_path(cls, path: Path, lowercase: bool) -> Tokenizer | None:
+        """This kind loaded from a file or directory it recognises (a SentencePiece .model, a vocab.txt, ...), or
+        None when `path` is not one of its formats."""
+        return None
 
     @property
     @abstractmethod
@@ -154,8 +168,6 @@ class Tokenizer(ABC):
 
 
 def tokenizer_from_files(files: dict[str, bytes]) -> Tokenizer:
-    from data_pipelines.tokenizers import TOKENIZER_KINDS
-
     if META_FILE not in files:
         raise TokenizerError(f"not a gptframe tokenizer: {META_FILE} is missing")
     meta = json.loads(files[META_FILE])
@@ -170,19 +182,11 @@ def load_tokenizer(path: str | Path, lowercase: bool = True) -> Tokenizer:
     `load_hf_tokenizer`), a SentencePiece `.model` file, or a WordPiece `vocab.txt` (lowercase: whether that
     vocabulary is uncased, unless the directory's tokenizer_config.json says)."""
     path = Path(path).expanduser()
-    if path.is_file() and path.suffix == ".model":
-        from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
-
-        return SentencePieceTokenizer.from_model_proto(path.read_bytes())
-    if path.is_file() and path.suffix == ".txt":
-        from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
-
-        return WordPieceTokenizer.from_vocab(path, lowercase)
-    if path.is_dir() and not (path / META_FILE).is_file():
-        from data_pipelines.tokenizers.huggingface import is_hf_tokenizer_dir, load_hf_tokenizer
-
-        if is_hf_tokenizer_dir(path):
-            return load_hf_tokenizer(path, lowercase)
+    if not (path / META_FILE).is_file():
+        for kind in TOKENIZER_KINDS.values():
+            tokenizer = kind.from_path(path, lowercase)
+            if tokenizer is not None:
+                return tokenizer
     if not (path / META_FILE).is_file():
         raise TokenizerError(
             f"tokenizer.path: {path} is neither a saved gptframe tokenizer dir, a Hugging Face tokenizer dir, "

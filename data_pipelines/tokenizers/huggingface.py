@@ -17,6 +17,8 @@ from tokenizers import Tokenizer as Backend
 
 from data_pipelines.errors import TokenizerError
 from data_pipelines.tokenizers.base import META_FILE, HFExport, Tokenizer, tokenizer_from_files
+from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
+from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
@@ -71,6 +73,11 @@ class HFTokenizer(Tokenizer):
     other kinds' don't; `decode` is transformers' (special tokens kept)."""
 
     kind = "huggingface"
+
+    @classmethod
+    def from_path(cls, path: Path, lowercase: bool) -> Tokenizer | None:
+        """Any Hugging Face tokenizer directory, as the closest gptframe kind (load_hf_tokenizer)."""
+        return load_hf_tokenizer(path, lowercase) if path.is_dir() and is_hf_tokenizer_dir(path) else None
 
     def __init__(self, backend: Backend, special_tokens: dict[str, str], clean_up_tokenization_spaces: bool = False):
         self.backend = backend
@@ -206,19 +213,13 @@ def load_hf_tokenizer(directory: str | Path, lowercase: bool = True) -> Tokenize
             raise TokenizerError(f"{d / TOKENIZER_FILE} is not valid JSON: {e}") from None
         model = tokenizer_json.get("model") or {}
         if model.get("type") == "WordPiece" or (model.get("type") is None and "max_input_chars_per_word" in model):
-            from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
-
             return WordPieceTokenizer.from_vocab_dict(model["vocab"], _lowercase(config, tokenizer_json, lowercase, d))
         return HFTokenizer.from_str(text, {**GPT2_DEFAULTS, **special} if is_gpt2 else special, clean_up)
     if (d / VOCAB_TXT).is_file():
-        from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
-
         return WordPieceTokenizer.from_vocab(d / VOCAB_TXT, _lowercase(config, {}, lowercase, d))
     if (d / GPT2_VOCAB).is_file() and (d / GPT2_MERGES).is_file():
         return HFTokenizer(_gpt2_backend(d, bool(config.get("add_prefix_space", False))), {**GPT2_DEFAULTS, **special})
     if (model_file := _sentencepiece_model(d)) is not None:
-        from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
-
         return SentencePieceTokenizer.from_model_proto(model_file.read_bytes())
     raise TokenizerError(f"no tokenizer in {d}: looked for {LOOKED_FOR}")
 

@@ -23,6 +23,10 @@ UNIGRAM, BPE = 1, 2
 class SentencePieceTokenizer(Tokenizer):
     kind = "sentencepiece"
 
+    @classmethod
+    def from_path(cls, path, lowercase: bool) -> SentencePieceTokenizer | None:
+        return cls.from_model_proto(path.read_bytes()) if path.is_file() and path.suffix == ".model" else None
+
     def __init__(self, model_proto: bytes):
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)

@@ -61,6 +61,10 @@ def _is_cjk(c: str) -> bool:
 class WordPieceTokenizer(Tokenizer):
     kind = "wordpiece"
 
+    @classmethod
+    def from_path(cls, path: Path, lowercase: bool) -> WordPieceTokenizer | None:
+        return cls.from_vocab(path, lowercase) if path.is_file() and path.suffix == ".txt" else None
+
     def __init__(self, hf: HFTokenizer, lowercase: bool):
         self.hf = hf
         self.lowercase = lowercase

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
         device = resolve_device(cfg.device)
         loaded = load_model(cfg.ckpt, device)
-        require_task(loaded, "clm", "gpt", "gptframe-generate", cfg.ckpt)
+        require_task(loaded, "clm", "gptframe-generate", cfg.ckpt, causal=True)
         model, tokenizer = loaded.model, loaded.tokenizer
         prompt_ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
         generator = torch.Generator(device=device).manual_seed(cfg.seed)

@@ -1,12 +1,13 @@
-"""Autoregressive generation for GPT: greedy or sampled (temperature, top-k, top-p), with a KV cache, streaming."""
+"""Autoregressive generation for decoders: greedy or sampled (temperature, top-k, top-p), with a KV cache, streaming."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import torch
+import torch.nn as nn
 
-from gptframe.models.gpt import GPT
+from gptframe.registry import architecture_of
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
@@ -26,7 +27,7 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
 
 @torch.no_grad()
 def generate_tokens(
-    model: GPT,
+    model: nn.Module,
     prompt_ids: list[int],
     max_new_tokens: int,
     *,
@@ -44,12 +45,12 @@ def generate_tokens(
 
     vocab_size: the tokenizer's size; padded model vocab entries beyond it are never produced.
     Beyond the context window the prompt is cropped to the last block_size tokens each step (as nanoGPT); with learned
-    absolute positions the cache cannot be shifted, so those steps recompute the window.
+    absolute (or rotary) positions baked into the cached keys, it cannot be shifted, so those steps recompute the window.
     """
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
-    block = model.config.block_size
-    device = model.transformer.wte.weight.device
+    block = architecture_of(model.config).context_length(model.config)
+    device = next(model.parameters()).device
     tokens = torch.tensor([prompt_ids] * num_samples, dtype=torch.long, device=device)
     finished = torch.zeros(num_samples, dtype=torch.bool, device=device)
     cache = None

@@ -15,9 +15,8 @@ import torch
 from data_pipelines.classification import encode_examples
 from gptframe.errors import CheckpointError
 from gptframe.inference.generate import generate_tokens
-from gptframe.loading import load_model, require_task
+from gptframe.loading import LoadedModel, load_model, require_task
 from gptframe.models.factory import backbone
-from gptframe.training.checkpoints import LoadedModel
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -43,7 +42,7 @@ class TextGenerationPipeline:
 
     def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         loaded, self.device = _load(model_path, device)
-        require_task(loaded, "clm", "gpt", "text-generation", _where(model_path))
+        require_task(loaded, "clm", "text-generation", _where(model_path), causal=True)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     def __call__(
@@ -91,12 +90,12 @@ class _EncoderPipeline:
     def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         self.loaded, self.device = _load(model_path, device)
         self.model, self.tokenizer = self.loaded.model, self.loaded.tokenizer
-        config = self.loaded.config
-        self.max_len = config.block_size if config.arch == "gpt" else config.max_position_embeddings
+        self.max_len = self.loaded.spec.context_length(self.loaded.config)
 
     def _encode(self, text: str, text_pair: str | None = None) -> dict[str, torch.Tensor]:
         ids, types = encode_examples(
-            self.tokenizer, [text], [text_pair] if text_pair is not None else None, self.max_len, self.loaded.arch
+            self.tokenizer, [text], [text_pair] if text_pair is not None else None, self.max_len,
+            cls_sep=not self.loaded.spec.causal,
         )
         return {
             "input_ids": torch.tensor(ids, device=self.device),
@@ -110,7 +109,7 @@ class FillMaskPipeline(_EncoderPipeline):
 
     def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         super().__init__(model_path, device)
-        require_task(self.loaded, "mlm", "bert", "fill-mask", _where(model_path))
+        require_task(self.loaded, "mlm", "fill-mask", _where(model_path))
         if self.tokenizer.mask_id is None:
             raise CheckpointError(f"fill-mask: the tokenizer of {_where(model_path)} has no [MASK] token")
 
@@ -126,7 +125,7 @@ class FillMaskPipeline(_EncoderPipeline):
         positions = (ids == self.tokenizer.mask_id).nonzero().flatten().tolist()
         if not positions:
             raise ValueError(f"fill-mask: no [MASK] token in {text!r}")
-        logits, _ = self.model(batch["input_ids"], batch["token_type_ids"])
+        logits, _ = self.model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
         probs = logits[0, :, : self.tokenizer.vocab_size].float().softmax(-1)
         results = []
         for pos in positions:
@@ -153,7 +152,7 @@ class TextClassificationPipeline(_EncoderPipeline):
 
     def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         super().__init__(model_path, device)
-        require_task(self.loaded, "classification", None, "text-classification", _where(model_path))
+        require_task(self.loaded, "classification", "text-classification", _where(model_path))
 
     @torch.no_grad()
     def __call__(self, inputs, top_k: int | None = 1):
@@ -162,10 +161,7 @@ class TextClassificationPipeline(_EncoderPipeline):
         for item in [inputs] if single else list(inputs):
             text, pair = (item["text"], item.get("text_pair")) if isinstance(item, dict) else (item, None)
             batch = self._encode(text, pair)
-            if self.loaded.arch == "bert":
-                logits = self.model(batch["input_ids"], batch["token_type_ids"])
-            else:
-                logits = self.model(batch["input_ids"])
+            logits = self.model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"])
             probs = logits[0].float().softmax(-1)
             order = probs.argsort(descending=True).tolist()
             ranked = [{"label": self.loaded.labels[i], "score": probs[i].item()} for i in order[: top_k or len(order)]]
@@ -184,10 +180,7 @@ class FeatureExtractionPipeline(_EncoderPipeline):
         outputs = []
         for text in texts:
             batch = self._encode(text)
-            if self.loaded.arch == "bert":
-                hidden, _ = encoder(batch["input_ids"], batch["token_type_ids"])
-            else:
-                hidden = encoder.hidden_states(batch["input_ids"])
+            hidden = self.loaded.spec.hidden_states(encoder, batch)
             outputs.append(hidden[0].float().cpu())
         return outputs[0] if isinstance(inputs, str) else outputs
 

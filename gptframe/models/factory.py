@@ -1,52 +1,73 @@
-"""Which plain model a (config, task) pair means: the one place that maps names to classes."""
+"""Building models from configs through the architecture registry: the one place that maps (task, arch) to a class."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch.nn as nn
 
-from gptframe.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
-from gptframe.models.gpt import GPT, GPTConfig, GPTForSequenceClassification
-
-MODEL_CONFIGS = {"gpt": GPTConfig, "bert": BertConfig}
-# task -> arch -> model class; a missing pair is a combination gptframe does not train
-MODELS: dict[str, dict[str, type[nn.Module]]] = {
-    "clm": {"gpt": GPT},
-    "mlm": {"bert": BertForPreTraining},
-    "classification": {"gpt": GPTForSequenceClassification, "bert": BertForSequenceClassification},
-}
+from gptframe.registry import architecture, architecture_of
 
 
-def model_config_from_dict(values: dict) -> GPTConfig | BertConfig:
-    arch = values.get("arch")
-    if arch not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(MODEL_CONFIGS)}")
-    return MODEL_CONFIGS[arch](**values)
+def model_config_from_dict(values: dict):
+    """A plain model config from its dict (checkpoints, gptframe.json); nested dataclass fields are rebuilt too."""
+    spec = architecture(values.get("arch"))
+    return _build_dataclass(spec.config_class, values)
+
+
+def _build_dataclass(cls, values: dict):
+    kwargs = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in hints:
+            raise ValueError(f"{cls.__name__} has no field {key!r}")
+        nested = _dataclass_type(cls, key)
+        kwargs[key] = _build_dataclass(nested, value) if nested is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def _dataclass_type(cls, name: str):
+    """The dataclass a field holds (`X | None` included), or None."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(name)
+    for candidate in (hint, *typing.get_args(hint)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
 
 
 def model_class(task: str, arch: str) -> type[nn.Module]:
-    if task not in MODELS:
-        raise ValueError(f"unknown task {task!r}; known: {sorted(MODELS)}")
-    if arch not in MODELS[task]:
-        archs = ", ".join(f"task={t} with {'/'.join(a)}" for t, a in MODELS.items())
-        raise ValueError(f"task={task} does not train a {arch.upper()} model (supported: {archs})")
-    return MODELS[task][arch]
+    return architecture(arch).model_class(task)
 
 
-def build_model(task: str, config: GPTConfig | BertConfig, num_labels: int | None = None) -> nn.Module:
-    cls = model_class(task, config.arch)
-    if task == "classification":
-        if not num_labels or num_labels < 2:
-            raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
-        return cls(config, num_labels)
-    return cls(config)
+def build_model(task: str, config, num_labels: int | None = None, **extra) -> nn.Module:
+    """The model the architecture trains `task` with; tasks with a label set pass num_labels."""
+    cls = architecture_of(config).model_class(task)
+    if num_labels is not None:
+        extra["num_labels"] = num_labels
+    return cls(config, **extra)
 
 
 def backbone(model: nn.Module) -> nn.Module:
-    """The part of a model that pretraining trains and fine-tuning reuses: GPT itself, or the BERT encoder."""
-    for name in ("gpt", "bert"):
-        if hasattr(model, name):
-            return getattr(model, name)
-    return model
+    """The part of a model that pretraining trains and fine-tuning reuses."""
+    return architecture_of(model.config).backbone(model)
+
+
+def resolve_vocab_size(model, tokenizer):
+    """The model config with its vocab size from the tokenizer, padded up to `pad_vocab_size_multiple`; an explicit
+    size must fit the tokenizer. Raises ValueError."""
+    multiple = model.pad_vocab_size_multiple
+    padded = -(-tokenizer.vocab_size // multiple) * multiple
+    if model.vocab_size is not None:
+        if model.vocab_size < tokenizer.vocab_size:
+            raise ValueError(
+                f"the {tokenizer.kind} tokenizer has {tokenizer.vocab_size} tokens but model.vocab_size={model.vocab_size}"
+                " (the model's vocabulary); use the tokenizer the model was trained with, or model.vocab_size=null "
+                "(sized from the tokenizer)"
+            )
+        padded = model.vocab_size
+    return dataclasses.replace(model, vocab_size=padded)
 
 
 def transfer_weights(source: nn.Module, target: nn.Module) -> str:

@@ -1,10 +1,23 @@
-"""Training tasks: LightningModules wrapping a plain model, one per `conf/task/` option."""
+"""Task units: each module here defines a TrainingTask (LightningModule) with its config schema, data builder,
+metrics and summary fields. `TASKS` maps `task.name` to the unit, found by importing every module in this package."""
 
-from gptframe.tasks.base import TrainingTask
-from gptframe.tasks.causal_lm import CausalLMTask
-from gptframe.tasks.classification import ClassificationTask
-from gptframe.tasks.masked_lm import MaskedLMTask
+import importlib
+import inspect
+import pkgutil
 
-TASKS: dict[str, type[TrainingTask]] = {t.name: t for t in (CausalLMTask, MaskedLMTask, ClassificationTask)}
+from gptframe.tasks.base import TaskData, TrainingTask
 
-__all__ = ["TASKS", "CausalLMTask", "ClassificationTask", "MaskedLMTask", "TrainingTask"]
+
+def _discover() -> dict[str, type[TrainingTask]]:
+    found: dict[str, type[TrainingTask]] = {}
+    for info in pkgutil.iter_modules(__path__):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if issubclass(obj, TrainingTask) and obj is not TrainingTask and obj.__module__ == module.__name__:
+                found[obj.name] = obj
+    return dict(sorted(found.items()))
+
+
+TASKS: dict[str, type[TrainingTask]] = _discover()
+
+__all__ = ["TASKS", "TaskData", "TrainingTask"]

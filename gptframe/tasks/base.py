@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 from gptframe.config import OptimizerSchedule
-from gptframe.models.bert import BertConfig
 from gptframe.models.factory import build_model, model_config_from_dict
-from gptframe.models.gpt import GPTConfig
 from gptframe.training.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_KEY
 from gptframe.training.optim import decay_param_groups
 from gptframe.training.parallelize import parallelize
@@ -43,12 +42,41 @@ def _numpy_rng_state() -> tuple:
     return kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)
 
 
+@dataclass
+class TaskData:
+    """What a task's data builder hands the run."""
+
+    tokenizer: Any  # data_pipelines.tokenizers.Tokenizer
+    model_config: Any  # the architecture's config, vocab size resolved
+    datamodule: L.LightningDataModule
+    tokens_per_example: int  # sequence length a batch row holds (throughput, global_batch_tokens)
+    description: str  # the data, in a few words, for the log
+    labels: list[str] | None = None  # label names by id, for tasks with a label set
+    prepared: Any = None  # data_pipelines.prepare.PreparedData of a corpus-based task
+    summary: dict | None = None  # what summary.json records about the data
+
+
 class TrainingTask(L.LightningModule):
-    """Subclasses set `name` and `config_class` and implement the steps; the model comes from the factory."""
+    """One task unit: its config schema (`config_class`), how it builds data (`build_data`), its steps, metrics and
+    summary fields. Subclasses register by name in gptframe.tasks; the model comes from the architecture registry."""
 
     name: str
     config_class: type[OptimizerSchedule]
     monitor: tuple[str, str] = ("val/loss", "min")  # the metric that picks the best checkpoint
+    epoch_based: bool = False  # trainer.max_epochs sets the steps (the datamodule has steps_per_epoch)
+    lm_head_flops: bool = True  # the vocabulary projection runs per token (false: a per-sequence head)
+    samples: str | None = None  # the W&B samples table of this task (gptframe.training.loggers.ModelSamples)
+
+    @classmethod
+    def build_data(cls, cfg, tokenizer, model_config, labels: list[str] | None) -> TaskData:
+        """Tokenizer, data module and resolved model config for a run. tokenizer / labels: from a resumed or
+        initialising checkpoint (None: build them). Raises gptframe's user errors on bad input."""
+        raise NotImplementedError
+
+    @classmethod
+    def summary_metrics(cls, final: dict[str, float]) -> dict:
+        """summary.json fields from the final evaluation's metrics."""
+        return {}
 
     def __init__(
         self,
@@ -64,10 +92,10 @@ class TrainingTask(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_files"])
-        self.model_config: GPTConfig | BertConfig = model_config_from_dict(model_config)
+        self.model_config = model_config_from_dict(model_config)
         self.task = self.config_class(**task_config)
         self.labels = labels
-        self.model = build_model(self.name, self.model_config, len(labels) if labels else None)
+        self.model = build_model(self.name, self.model_config, num_labels=len(labels) if labels else None)
         self.max_steps = max_steps
         self.compile = compile
         self.activation_checkpointing = activation_checkpointing

@@ -2,18 +2,102 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from data_pipelines.datamodule import MaskedLMDataModule
 from data_pipelines.datasets import IGNORE_INDEX
-from gptframe.config import MaskedLMTaskConfig
-from gptframe.tasks.base import TrainingTask
+from data_pipelines.mlm import MaskedLMExamples, MaskingConfig, SeqLenWarmup, SpecialIds, word_continuation_table
+from data_pipelines.prepare import prepare
+from gptframe.config import OptimizerSchedule
+from gptframe.errors import ConfigError
+from gptframe.tasks.base import TaskData, TrainingTask
+from gptframe.tasks.data import describe_corpus, example_length, sized_for
+
+
+@dataclass
+class MaskedLMTaskConfig(OptimizerSchedule):
+    """Masked-LM (+ next-sentence) pretraining (BERT) on [CLS] A [SEP] B [SEP] examples from the prepared data."""
+
+    name: str = "mlm"
+    max_seq_len: int | None = None  # None: the model's max_position_embeddings
+    nsp: bool = True  # next-sentence prediction; false: RoBERTa-style full sentences, no NSP loss
+    mask_prob: float = 0.15  # of non-special tokens
+    mask_token_prob: float = 0.8  # of the selected tokens: [MASK]; then random_token_prob random, the rest unchanged
+    random_token_prob: float = 0.1
+    whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece "##", SentencePiece "▁")
+    short_seq_prob: float = 0.1  # as BERT: sometimes a shorter target length, so short inputs are seen too
+    # sequence-length warmup: training examples start at seq_len_warmup_start tokens and grow linearly to max_seq_len
+    # over the first seq_len_warmup_steps optimizer steps (0: off). Gets a small BERT off the masked-LM plateau early.
+    seq_len_warmup_steps: int = 0
+    seq_len_warmup_start: int = 16
+
+    def __post_init__(self) -> None:
+        self._check_name("mlm")
+        self._check_optimizer()
+        for key in ("mask_prob", "mask_token_prob", "random_token_prob", "short_seq_prob"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"task.{key} must be in [0, 1], got {getattr(self, key)}")
+        if self.mask_prob == 0.0:
+            raise ValueError("task.mask_prob must be > 0")
+        if self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError("task.mask_token_prob + task.random_token_prob must be <= 1")
+        if self.max_seq_len is not None and self.max_seq_len < 8:
+            raise ValueError(f"task.max_seq_len must be >= 8 or null, got {self.max_seq_len}")
+        if self.seq_len_warmup_steps < 0:
+            raise ValueError(f"task.seq_len_warmup_steps must be >= 0, got {self.seq_len_warmup_steps}")
+        if self.seq_len_warmup_start < 8:
+            raise ValueError(f"task.seq_len_warmup_start must be >= 8, got {self.seq_len_warmup_start}")
 
 
 class MaskedLMTask(TrainingTask):
     name = "mlm"
     config_class = MaskedLMTaskConfig
+    samples = "fill_mask"
+
+    @classmethod
+    def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
+        tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
+        model_config = sized_for(model_config, tokenizer)
+        t = cfg.task
+        max_seq_len = example_length(t.max_seq_len, model_config)
+        if t.seq_len_warmup_steps and t.seq_len_warmup_start > max_seq_len:
+            raise ConfigError(
+                f"task.seq_len_warmup_start={t.seq_len_warmup_start} exceeds the example length {max_seq_len} "
+                "(task.max_seq_len, or the model's max_position_embeddings)"
+            )
+        warmup = SeqLenWarmup(t.seq_len_warmup_start, max_seq_len, t.seq_len_warmup_steps) if t.seq_len_warmup_steps else None
+        special = SpecialIds.of(tokenizer)
+        masking = MaskingConfig(t.mask_prob, t.mask_token_prob, t.random_token_prob, t.whole_word_masking)
+        continuation = word_continuation_table(tokenizer) if t.whole_word_masking else None
+        examples = {
+            split: MaskedLMExamples(
+                prepared.tokens(split), special, max_seq_len, masking, t.nsp, t.short_seq_prob,
+                cfg.seed if split == "train" else cfg.seed + 1, continuation,
+                seq_len_warmup=warmup if split == "train" else None,  # validation always at full length
+            )
+            for split in ("train", "val")
+        }
+        datamodule = MaskedLMDataModule(
+            prepared, examples, cfg.data.batch_size, cfg.seed, max_seq_len, cfg.trainer.eval_batches, cfg.data.num_workers
+        )
+        return TaskData(tokenizer, model_config, datamodule, max_seq_len, describe_corpus(prepared), prepared=prepared,
+                        summary={"data": str(prepared.directory)})
+
+    @classmethod
+    def summary_metrics(cls, final: dict[str, float]) -> dict:
+        metrics = {
+            "val_perplexity": math.exp(final["val/mlm_loss"]),
+            "val_mlm_loss": final["val/mlm_loss"],
+            "val_mlm_accuracy": final["val/mlm_accuracy"],
+        }
+        if "val/nsp_accuracy" in final:
+            metrics["val_nsp_accuracy"] = final["val/nsp_accuracy"]
+        return metrics
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

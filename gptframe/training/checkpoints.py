@@ -7,17 +7,11 @@ model config (with its `arch`), the label names of a classifier, and the tokeniz
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from data_pipelines.tokenizers import Tokenizer, tokenizer_from_files
 from gptframe.errors import CheckpointError
-from gptframe.models.bert import BertConfig
-from gptframe.models.factory import build_model, model_config_from_dict
-from gptframe.models.gpt import GPTConfig
 
 LAST = "last.ckpt"
 CHECKPOINT_KEY = "gptframe"  # our section of a Lightning checkpoint
@@ -48,7 +42,7 @@ def load_checkpoint(path: str | Path, mmap: bool = True) -> dict:
     meta = ckpt[CHECKPOINT_KEY]
     meta.setdefault("task", "clm")  # format 1 had only causal LMs
     meta.setdefault("labels", None)
-    meta["model_config"].setdefault("arch", "gpt")
+    meta["model_config"].setdefault("arch", "gpt")  # format 1 predates every other architecture
     return ckpt
 
 
@@ -103,41 +97,3 @@ def _checked_sharded_dir(path: Path) -> Path:
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
     return meta_file
-
-
-@dataclass
-class LoadedModel:
-    """A plain model (eval mode) with everything needed to use it."""
-
-    model: nn.Module
-    tokenizer: Tokenizer
-    task: str  # clm | mlm | classification
-    config: GPTConfig | BertConfig
-    labels: list[str] | None = None  # classification: label names by id
-
-    @property
-    def arch(self) -> str:
-        return self.config.arch
-
-
-def model_state_dict(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The plain model's weights from a Lightning state dict (compiled models saved `_orig_mod.` names)."""
-    state = {}
-    for key, value in ckpt["state_dict"].items():
-        if key.startswith(MODEL_PREFIX):
-            state[key[len(MODEL_PREFIX) :].replace("_orig_mod.", "")] = value
-    return state
-
-
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    ckpt = load_checkpoint(path)
-    meta = ckpt[CHECKPOINT_KEY]
-    config = model_config_from_dict(meta["model_config"])
-    labels = meta["labels"]
-    model = build_model(meta["task"], config, len(labels) if labels else None)
-    try:
-        model.load_state_dict(model_state_dict(ckpt))
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path}: weights do not match its model config: {e}") from None
-    tokenizer = tokenizer_from_files(meta["tokenizer_files"])
-    return LoadedModel(model.to(device).eval(), tokenizer, meta["task"], config, labels)

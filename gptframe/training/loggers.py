@@ -72,10 +72,10 @@ def build_logger(cfg: LoggerConfig, run_dir: Path, run_name: str = "default", co
     )
 
 
-def logger_callbacks(cfg: LoggerConfig, logger: Logger | None, task: str, seed: int) -> list[L.Callback]:
-    """What the logger adds to the Trainer: the W&B samples table for the language-model tasks."""
+def logger_callbacks(cfg: LoggerConfig, logger: Logger | None, task, seed: int) -> list[L.Callback]:
+    """What the logger adds to the Trainer: the W&B samples table of the tasks that have one (`task.samples`)."""
     wandb_on = isinstance(logger, WandbLogger) and cfg.mode != "disabled"
-    if wandb_on and cfg.log_samples and task in ("clm", "mlm"):
+    if wandb_on and cfg.log_samples and task.samples is not None:
         return [ModelSamples(logger, cfg.num_samples, cfg.sample_max_new_tokens, seed)]
     return []
 
@@ -246,7 +246,7 @@ class ModelSamples(L.Callback):
         if prepared is None:
             return
         from data_pipelines.tokenizers import tokenizer_from_files
-        from gptframe.training.checkpoints import LoadedModel
+        from gptframe.loading import LoadedModel
 
         if self._tokenizer is None:
             self._tokenizer = tokenizer_from_files(pl_module.tokenizer_files)
@@ -255,15 +255,13 @@ class ModelSamples(L.Callback):
         model.eval()
         try:
             with _eager():
-                if pl_module.name == "clm":
-                    columns, rows = self._generations(loaded, prepared.tokens("val"))
-                else:
-                    columns, rows = self._fill_mask(loaded, prepared.tokens("val"))
+                # the task names its table: _generations (decoders' continuations) or _fill_mask (masked LMs)
+                columns, rows = getattr(self, f"_{pl_module.samples}")(loaded, prepared.tokens("val"))
         finally:
             model.train(was_training)
         if rows:
             step = trainer.global_step
-            key = "samples/generations" if pl_module.name == "clm" else "samples/fill_mask"
+            key = f"samples/{pl_module.samples}"
             self.logger.log_table(key, columns=["step", *columns], data=[[step, *r] for r in rows], step=step)
 
     def _windows(self, tokens: np.ndarray, length: int, special: set[int]) -> list[list[int]]:

@@ -15,16 +15,15 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from gptframe.models.bert import BertLayer
-from gptframe.models.gpt import Block
+from gptframe.registry import architectures
 
 log = logging.getLogger(__name__)
 
-TRANSFORMER_BLOCKS = (Block, BertLayer)  # the units that are checkpointed, compiled and sharded one by one
-
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, TRANSFORMER_BLOCKS)]
+    """The units that are checkpointed, compiled and sharded one by one: each architecture's declared block class."""
+    block_classes = tuple(spec.block_class for spec in architectures().values())
+    return [m for m in model.modules() if isinstance(m, block_classes)]
 
 
 def parallelize(

@@ -19,54 +19,15 @@ import time
 import lightning as L
 import torch
 
-from gptframe.models.bert import BertConfig
-from gptframe.models.gpt import GPTConfig
+from gptframe.registry import architecture_of
 
 log = logging.getLogger("gptframe")
 
 
-def matmul_params(config: GPTConfig | BertConfig, lm_head: bool = True) -> int:
-    """N of the PaLM formula, counted as nanoGPT's get_num_params(non_embedding=True): every parameter, the tied
-    token embedding / LM head matrix once, except position (and BERT's token-type) embeddings, which are lookups.
-
-    lm_head=False (classification): the backbone only, without its token embedding either (with no LM head
-    multiplying by it, it too is only a lookup); the classifier's per-sequence head is left out.
-    BERT's pooler (and NSP head) also run once per sequence, not per token; they are counted, as in the model's
-    parameter count (0.5% of BERT-base)."""
-    if config.vocab_size is None:
-        raise ValueError("the model config needs its vocab_size set (gptframe sets it from the tokenizer)")
-    if config.arch == "gpt":
-        C = config.n_embd
-        # per block: c_attn 3C^2 + attn c_proj C^2 + c_fc 4C^2 + mlp c_proj 4C^2; biases 3C + C + 4C + C;
-        # two LayerNorms (weight, and bias when config.bias)
-        block = 12 * C * C + (9 * C + 4 * C if config.bias else 2 * C)
-        ln_f = 2 * C if config.bias else C
-        n = config.n_layer * block + ln_f
-        return n + config.vocab_size * C if lm_head else n  # wte, tied to lm_head
-    if config.arch == "bert":
-        hidden, inner = config.hidden_size, config.intermediate_size
-        # per layer: query, key, value, attention output (H^2 + H each), intermediate (H*I + I), output (I*H + H),
-        # two LayerNorms (2H each)
-        layer = 4 * (hidden * hidden + hidden) + (hidden * inner + inner) + (inner * hidden + hidden) + 4 * hidden
-        embeddings_ln = 2 * hidden
-        pooler = hidden * hidden + hidden
-        n = embeddings_ln + config.num_hidden_layers * layer + pooler
-        if not lm_head:
-            return n
-        mlm_head = (hidden * hidden + hidden) + 2 * hidden + config.vocab_size  # transform, its LayerNorm, bias
-        nsp_head = 2 * hidden + 2
-        return n + config.vocab_size * hidden + mlm_head + nsp_head  # word embeddings, tied to the MLM decoder
-    raise ValueError(f"unknown model arch {config.arch!r}")
-
-
-def flops_per_token(config: GPTConfig | BertConfig, seq_len: int, lm_head: bool = True) -> float:
-    """Training (forward + backward) FLOPs per token at sequence length `seq_len`: 6N + 12*L*H*Q*T (PaLM)."""
-    if config.arch == "gpt":
-        layers, heads, head_dim = config.n_layer, config.n_head, config.n_embd // config.n_head
-    else:
-        layers, heads = config.num_hidden_layers, config.num_attention_heads
-        head_dim = config.hidden_size // heads
-    return 6 * matmul_params(config, lm_head) + 12 * layers * heads * head_dim * seq_len
+def flops_per_token(config, seq_len: int, lm_head: bool = True) -> float:
+    """Training (forward + backward) FLOPs per token at sequence length `seq_len`, as the architecture counts them
+    (6N + 12*L*H*Q*T, PaLM). lm_head=False: a per-sequence head (classification) instead of the vocabulary."""
+    return architecture_of(config).flops_per_token(config, seq_len, lm_head)
 
 
 # Dense (no 2:4 sparsity) peak FLOP/s per GPU by matmul dtype, from NVIDIA's datasheets: tensor cores for bf16, fp16
@@ -206,7 +167,7 @@ class ThroughputMonitor(L.Callback):
         return float(self.total_flops) / self.total_seconds / self.peak
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._lm_head = getattr(pl_module, "name", None) != "classification"
+        self._lm_head = getattr(pl_module, "lm_head_flops", True)
         self._flops_by_len = {}
         device = pl_module.device
         if device.type != "cuda":

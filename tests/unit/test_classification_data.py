@@ -73,21 +73,21 @@ def test_bad_labeled_input_gives_one_clear_error(tmp_path):
 
 def test_bert_encoding_matches_the_tokenizer_pair_template_and_truncates(shakespeare_text):
     tok = WordPieceTokenizer.train(lambda: shakespeare_text[:100_000].splitlines(), vocab_size=300)
-    ids, types = encode_examples(tok, ["To be, or not to be"], ["that is the question"], 64, "bert")
+    ids, types = encode_examples(tok, ["To be, or not to be"], ["that is the question"], 64, cls_sep=True)
     assert (ids[0], types[0]) == tok.encode_pair("To be, or not to be", "that is the question")
     long_text = shakespeare_text[:2000]
-    ids, types = encode_examples(tok, [long_text], ["short"], 32, "bert")
+    ids, types = encode_examples(tok, [long_text], ["short"], 32, cls_sep=True)
     assert len(ids[0]) == 32 and ids[0][0] == tok.cls_id and ids[0][-1] == tok.sep_id
     assert ids[0][-2] == tok.encode("short")[-1]  # the longer segment is trimmed first
-    ids, _ = encode_examples(tok, [long_text], None, 16, "bert")
+    ids, _ = encode_examples(tok, [long_text], None, 16, cls_sep=True)
     assert len(ids[0]) == 16 and ids[0][-1] == tok.sep_id
 
 
 def test_gpt_encoding_keeps_the_beginning():
     tok = CharTokenizer.train(["abcdef"], with_eos=True)
-    ids, types = encode_examples(tok, ["abcdef"], ["fed"], 5, "gpt")
+    ids, types = encode_examples(tok, ["abcdef"], ["fed"], 5, cls_sep=False)
     assert ids[0] == tok.encode("abcde") and types[0] == [0] * 5
-    ids, _ = encode_examples(tok, ["ab"], ["c"], 10, "gpt")
+    ids, _ = encode_examples(tok, ["ab"], ["c"], 10, cls_sep=False)
     assert ids[0] == [*tok.encode("ab"), tok.eos_id, *tok.encode("c")]
 
 

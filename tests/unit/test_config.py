@@ -7,11 +7,12 @@ from hydra.errors import ConfigCompositionException
 
 from data_pipelines import TINY_SHAKESPEARE
 from data_pipelines.tokenizers import CharTokenizer
-from gptframe.config import CausalLMTaskConfig, TrainConfig, to_typed
+from gptframe.config import TrainConfig, to_typed
 from gptframe.errors import ConfigError, TokenizerError
 from gptframe.models.bert import BertConfig
 from gptframe.models.gpt import GPTConfig
-from gptframe.training.run import resolve_model_config
+from gptframe.tasks.causal_lm import CausalLMTaskConfig
+from gptframe.tasks.data import sized_for as resolve_model_config
 from tests.conftest import compose
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

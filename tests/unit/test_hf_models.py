@@ -11,11 +11,10 @@ import torch
 
 from data_pipelines.tokenizers import CharTokenizer, WordPieceTokenizer
 from gptframe.errors import CheckpointError, ConfigError, TokenizerError
-from gptframe.interop.hf import export_model, load_hf_directory, to_hf_model
-from gptframe.loading import load_model
+from gptframe.interop.hf import export_model, to_hf_model
+from gptframe.loading import LoadedModel, load_hf_directory, load_model
 from gptframe.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
 from gptframe.models.gpt import GPT, GPTConfig, GPTForSequenceClassification
-from gptframe.training.checkpoints import LoadedModel
 
 TOL = 1e-4
 CHARS = sorted(set(string.ascii_lowercase + " .,!?"))
@@ -184,7 +183,7 @@ def test_bert_directory_imports_as_bert_for_pretraining(tmp_path, hf_class, capl
 
     tok = _wordpiece()
     hf = _randomize(getattr(transformers, hf_class)(transformers.BertConfig(**BERT_KW, pad_token_id=tok.pad_id)))
-    with caplog.at_level("INFO", logger="gptframe.interop.hf"):
+    with caplog.at_level("INFO", logger="gptframe.loading"):
         loaded = load_model(_save_hf(tmp_path, hf, tok))
     assert (loaded.task, loaded.arch) == ("mlm", "bert") and isinstance(loaded.model, BertForPreTraining)
     fresh = {"BertForPreTraining": None, "BertForMaskedLM": "cls.seq_relationship", "BertModel": "cls.predictions"}

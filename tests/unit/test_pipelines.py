@@ -83,7 +83,7 @@ def test_pipelines_refuse_models_that_cannot_do_the_task(tmp_path):
     path = _bert_dir(tmp_path, transformers.BertForMaskedLM)
     with pytest.raises(CheckpointError, match="text-classification needs a classification model.*BERT mlm"):
         gptframe.pipeline("text-classification", model=path)
-    with pytest.raises(CheckpointError, match="text-generation needs a GPT clm model"):
+    with pytest.raises(CheckpointError, match="text-generation needs a decoder clm model"):
         gptframe.pipeline("text-generation", model=path)
     with pytest.raises(ValueError, match="unknown pipeline task"):
         gptframe.pipeline("summarization", model=path)

@@ -7,12 +7,13 @@ import torch
 
 from gptframe.config import to_typed
 from gptframe.models.bert import BertConfig, BertForPreTraining, BertForSequenceClassification
+from gptframe.models.bert import matmul_params as bert_matmul_params
 from gptframe.models.gpt import GPT, GPTConfig, GPTForSequenceClassification
+from gptframe.models.gpt import matmul_params as gpt_matmul_params
 from gptframe.training.run import run_training
 from gptframe.training.throughput import (
     compute_dtype,
     flops_per_token,
-    matmul_params,
     model_flops_utilization,
     peak_flops,
 )
@@ -41,7 +42,7 @@ def test_gpt2_124m_flops_per_token_by_hand():
     attention = 12 * 12 * 12 * 64 * 1024  # 12 * L * H * Q * T
     assert attention == 113_246_208
     assert 6 * N + attention == 855_383_040
-    assert matmul_params(GPT2_124M) == N
+    assert gpt_matmul_params(GPT2_124M) == N
     assert flops_per_token(GPT2_124M, 1024) == 855_383_040
     # a shorter batch changes only the attention term
     assert flops_per_token(GPT2_124M, 256) == 6 * N + 12 * 12 * 12 * 64 * 256
@@ -50,14 +51,14 @@ def test_gpt2_124m_flops_per_token_by_hand():
 def test_gpt_matmul_params_match_the_real_model():
     with torch.device("meta"):  # real modules, no memory
         model = GPT(GPT2_124M)
-        assert matmul_params(GPT2_124M) == model.num_params(non_embedding=True) == _params(model) - 1024 * 768
+        assert gpt_matmul_params(GPT2_124M) == model.num_params(non_embedding=True) == _params(model) - 1024 * 768
         no_bias = GPTConfig(n_layer=3, n_head=4, n_embd=96, block_size=64, vocab_size=500, bias=False)
         small = GPT(no_bias)
-        assert matmul_params(no_bias) == small.num_params(non_embedding=True)
+        assert gpt_matmul_params(no_bias) == small.num_params(non_embedding=True)
         classifier = GPTForSequenceClassification(GPT2_124M, num_labels=3)
         gpt = classifier.gpt  # classification: the backbone without its embedding tables
         embeddings = gpt.transformer.wte.weight.numel() + gpt.transformer.wpe.weight.numel()
-        assert matmul_params(GPT2_124M, lm_head=False) == _params(gpt) - embeddings == 123_689_472 - 50304 * 768
+        assert gpt_matmul_params(GPT2_124M, lm_head=False) == _params(gpt) - embeddings == 123_689_472 - 50304 * 768
 
 
 def test_bert_base_flops_per_token_by_hand():
@@ -86,10 +87,10 @@ def test_bert_matmul_params_match_the_real_model():
         emb = model.bert.embeddings
         lookups = emb.position_embeddings.weight.numel() + emb.token_type_embeddings.weight.numel()
         assert _params(model.bert) == 109_482_240  # bert-base-uncased's BertModel
-        assert matmul_params(BERT_BASE) == _params(model) - lookups
+        assert bert_matmul_params(BERT_BASE) == _params(model) - lookups
         classifier = BertForSequenceClassification(BERT_BASE, num_labels=2)
         all_embeddings = lookups + classifier.bert.embeddings.word_embeddings.weight.numel()
-        assert matmul_params(BERT_BASE, lm_head=False) == _params(classifier.bert) - all_embeddings
+        assert bert_matmul_params(BERT_BASE, lm_head=False) == _params(classifier.bert) - all_embeddings
 
 
 @pytest.mark.parametrize(

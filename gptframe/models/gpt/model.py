@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptframe.models.kv_cache import KVCache
+
 
 @dataclass
 class GPTConfig:
@@ -41,23 +43,6 @@ class GPTConfig:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
-class KVCache:
-    """Keys and values of the positions seen so far, preallocated for `max_len` positions."""
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype):
-        head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, max_len, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled; advanced by GPT.forward after all layers
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self.length + k.size(2)
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig, layer: int):
         super().__init__()
@@ -68,7 +53,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # B, H, T, D
@@ -77,15 +64,24 @@ class CausalSelfAttention(nn.Module):
             past = kv_cache.length
             k, v = kv_cache.append(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        elif T == 1:  # one new token attends to every cached position
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        else:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = attention(q, k, v, past, attn_mask, dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def attention(q, k, v, past: int, attn_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
+    """SDPA over [B, H, T, D] queries and [B, H, past + T, D] keys: causal by default, or the given bool mask
+    (True = attend; left padding, packed documents)."""
+    if attn_mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+    T = q.size(2)
+    if past == 0:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+    if T == 1:  # one new token attends to every cached position
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    # a chunk after a cached prefix: causal within the chunk, full over the prefix
+    mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class MLP(nn.Module):
@@ -110,8 +106,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -152,28 +150,46 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions."""
-        return self.lm_head(self.hidden_states(idx, kv_cache))
+    def forward(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions.
 
-    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        position_ids [B, T]: defaults to the positions after the cache. attn_mask: bool, broadcastable to
+        [B, 1, T, cached + T], True = attend (default causal).
+        """
+        return self.lm_head(self.hidden_states(idx, kv_cache, position_ids=position_ids, attn_mask=attn_mask))
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final LayerNorm's output [B, T, n_embd]."""
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.length += T
         return self.transformer.ln_f(x)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        p = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, max_len or self.config.block_size, p.device, p.dtype)
-
+        c, p = self.config, self.transformer.wte.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype)
 
 
 class GPTForSequenceClassification(nn.Module):
@@ -191,7 +207,12 @@ class GPTForSequenceClassification(nn.Module):
         self.score = nn.Linear(config.n_embd, num_labels, bias=False)
         nn.init.normal_(self.score.weight, mean=0.0, std=0.02)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,  # accepted so callers pass any batch; a GPT has no segments
+    ) -> torch.Tensor:
         hidden = self.gpt.hidden_states(input_ids)
         if attention_mask is None:
             last = torch.full((input_ids.size(0),), input_ids.size(1) - 1, device=input_ids.device)
