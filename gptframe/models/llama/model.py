@@ -292,8 +292,9 @@ class LlamaModel(nn.Module):
 
 def _attend_to_self(attn_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
     """The mask with every query also seeing its own key. It changes no real token's row (a causal row already holds
-    its diagonal), but a left-padding row that masks out everything would otherwise give NaN, and the NaN would reach
-    every row through 0 * NaN in the attention-weighted sum of values."""
+    its diagonal), but a left-padding row that masks out everything is a softmax over nothing: torch's math kernel
+    returns zeros there, fused CUDA kernels have returned NaN (pytorch#103963, #110213), and a NaN would reach every
+    row through 0 * NaN in the attention-weighted sum of values."""
     S = attn_mask.size(-1)
     own = torch.zeros(T, S, dtype=torch.bool, device=attn_mask.device)
     own[torch.arange(T), torch.arange(start, start + T)] = True
