@@ -126,6 +126,17 @@ def test_a_training_step_reaches_every_parameter_and_dropout_acts_in_train_mode(
 
 
 @torch.no_grad()
+def test_a_bf16_model_keeps_its_rotary_frequencies_in_fp32():
+    config = tiny(block_size=4096, rope_theta=5e5)
+    model = Llama(config).to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.float32
+    assert torch.equal(model.model.rotary_emb.inv_freq, rope_inv_freq(config))
+    cos, _ = model.model.rotary_emb(torch.tensor([[4000]]), torch.bfloat16)
+    angles = 4000 * rope_inv_freq(config).double()
+    assert torch.allclose(cos[0, 0, : angles.numel()].double(), angles.cos(), atol=1e-2)  # bf16 output rounding only
+
+
+@torch.no_grad()
 def test_a_meta_device_model_materialised_with_reset_parameters_is_complete():
     """How FSDP builds large models: on the meta device, then to_empty + reset_parameters (the rotary buffer too)."""
     config = tiny(rope_scaling=RopeScaling(original_max_position_embeddings=16))
@@ -187,3 +198,38 @@ def test_matmul_params_are_the_models_non_embedding_parameters():
         assert matmul_params(config) == Llama(config).num_params(non_embedding=True)
         assert matmul_params(config, lm_head=False) == LlamaForSequenceClassification(config, 2).num_params(
             non_embedding=True) - 2 * config.n_embd  # the score head is left out
+
+
+def test_llama_micro_has_gpt_micros_parameters():
+    from omegaconf import OmegaConf as OC
+
+    from gptframe.models.gpt import GPT, GPTConfig
+    from gptframe.models.llama.presets import PRESETS
+
+    gpt_values = OC.to_container(OC.load("conf/model/gpt_micro.yaml"))
+    gpt_values.pop("defaults", None)
+    gpt = GPT(GPTConfig(**gpt_values, vocab_size=2048))
+    llama = Llama(LlamaConfig(**PRESETS["llama_micro"], vocab_size=2048))
+    assert llama.config.block_size == gpt.config.block_size
+    # equal but for GPT's position embedding (both tie the token embedding; RMSNorm and bias-free LayerNorm both
+    # hold one weight vector)
+    assert gpt.num_params() - llama.num_params() == gpt.transformer.wpe.weight.numel()
+
+
+@pytest.mark.parametrize("name", ["smollm_135m", "llama3_1b"])
+def test_published_shapes_count_what_transformers_counts(name):
+    """Built on the meta device (no memory): the same parameters as transformers' LlamaForCausalLM of the exported
+    config (SmolLM-135M: 134,515,008; Llama-3.2-1B: 1,235,814,400 on their model cards)."""
+    import transformers
+
+    from gptframe.models.llama.hf import config_to_hf
+    from gptframe.models.llama.presets import PRESETS
+
+    config = LlamaConfig(**PRESETS[name])
+    kwargs = config_to_hf(config)
+    kwargs.pop("model_type")
+    with torch.device("meta"):
+        ours = Llama(config)
+        theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
+    assert ours.num_params() == sum(p.numel() for p in theirs.parameters())
+    assert matmul_params(config) == ours.num_params(non_embedding=True)

@@ -125,6 +125,13 @@ class RotaryEmbedding(nn.Module):
         # not persistent: derived from the config, so checkpoints need not (and transformers' do not) carry it
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Moves with the model but stays fp32: `model.to(torch.bfloat16)` (bf16-true training) would round the
+        frequencies, and with them every rotation angle position * inv_freq."""
+        super()._apply(fn, recurse)
+        self.inv_freq = rope_inv_freq(self.config).to(self.inv_freq.device)
+        return self
+
     def reset_parameters(self) -> None:
         """Recompute the buffer (a model built on the meta device and then materialised holds garbage here)."""
         with torch.no_grad():
