@@ -138,7 +138,8 @@ def test_a_bf16_model_keeps_its_rotary_frequencies_in_fp32():
 
 @torch.no_grad()
 def test_a_meta_device_model_materialised_with_reset_parameters_is_complete():
-    """How FSDP builds large models: on the meta device, then to_empty + reset_parameters (the rotary buffer too)."""
+    """How FSDP builds large models: on the meta device, then to_empty + reset_parameters; the rotary buffer has no
+    parameters to reset and is recomputed on to_empty."""
     config = tiny(rope_scaling=RopeScaling(original_max_position_embeddings=16))
     with torch.device("meta"):
         model = Llama(config)

@@ -272,3 +272,16 @@ def test_a_tied_checkpoint_with_a_different_lm_head_is_refused():
         state_from_hf(state, "clm", "DIR", tied=True)
     untied = state_from_hf(state, "clm", "DIR")  # inferred: a separate head
     assert torch.equal(untied["lm_head.weight"], torch.ones(4, 2))
+
+
+@torch.no_grad()
+def test_a_bare_llama_model_directory_imports_as_the_decoder(tmp_path):
+    """LlamaModel saves its keys without the `model.` prefix; tied, the LM head is the embedding, nothing missing."""
+    base = randomize(transformers.LlamaModel(transformers.LlamaConfig(**TINY, num_key_value_heads=2,
+                                                                      tie_word_embeddings=True)))
+    hf, state = saved(base, tmp_path)
+    assert IMPORTS[hf["architectures"][0]] == "clm" and not any(k.startswith("model.") for k in state)
+    ours = Llama(config_from_hf(hf, "DIR"))
+    ours.load_state_dict(state_from_hf(state, "clm", "DIR", tied=True), strict=True)
+    ids = tokens(2, 10)
+    assert torch.allclose(ours.eval().hidden_states(ids), base(ids).last_hidden_state, atol=TOL, rtol=0)

@@ -126,16 +126,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(config), persistent=False)
 
     def _apply(self, fn, recurse: bool = True):
-        """Moves with the model but stays fp32: `model.to(torch.bfloat16)` (bf16-true training) would round the
-        frequencies, and with them every rotation angle position * inv_freq."""
+        """Moves with the model but stays exact fp32: `model.to(torch.bfloat16)` (bf16-true training) would round
+        the frequencies, and with them every rotation angle position * inv_freq; `to_empty` (a model built on the
+        meta device) would leave garbage."""
         super()._apply(fn, recurse)
         self.inv_freq = rope_inv_freq(self.config).to(self.inv_freq.device)
         return self
-
-    def reset_parameters(self) -> None:
-        """Recompute the buffer (a model built on the meta device and then materialised holds garbage here)."""
-        with torch.no_grad():
-            self.inv_freq.copy_(rope_inv_freq(self.config))
 
     @torch.no_grad()
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,7 +190,7 @@ class LlamaAttention(nn.Module):
             k, v = kv_cache.append(self.layer, k, v)  # the cache holds rotated keys, n_kv_head of them
         dropout = self.dropout if self.training else 0.0
         if attn_mask is None and (past == 0 or T == 1):
-            # no mask tensor: the fused (flash) kernels take grouped-query attention as it is (enable_gqa)
+            # no mask tensor: SDPA's flash kernel takes the grouped key/value heads as they are (enable_gqa)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=past == 0,
                                                enable_gqa=self.n_kv_head != self.n_head)
         else:
