@@ -38,13 +38,15 @@ HF_DEFAULTS: dict[str, dict] = {
                   num_attention_heads=32, max_position_embeddings=2048, attention_bias=False),
     "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096 * 32,
-                    sliding_window=4096, attention_bias=False),
-    # Qwen2's attention always has q/k/v biases (no switch), never an o_proj bias
+                    sliding_window=4096),
     "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
-                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768, attention_bias=True),
+                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768),
 }
+# what the model type's transformers class fixes, whatever config.json says: Qwen2's attention always has q/k/v
+# biases (no switch), never an o_proj bias; Mistral's has none
+FIXED: dict[str, dict] = {"qwen2": dict(attention_bias=True), "mistral": dict(attention_bias=False)}
 COMMON_DEFAULTS = dict(hidden_act="silu", rms_norm_eps=1e-6, tie_word_embeddings=False, initializer_range=0.02,
-                       attention_dropout=0.0, rope_theta=10000.0, mlp_bias=False, head_dim=None)
+                       attention_dropout=0.0, rope_theta=10000.0, mlp_bias=False, head_dim=None, attention_bias=False)
 # fields of mixture-of-experts configs (Mixtral, Qwen2-MoE, ...): any of them set means a model gptframe cannot run
 MOE_FIELDS = ("num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size",
               "shared_expert_intermediate_size")
@@ -62,7 +64,8 @@ def config_from_hf(hf: dict, where: str) -> LlamaConfig:
     if model_type not in HF_DEFAULTS:
         raise CheckpointError(f"{where}: model_type={model_type!r} is not supported (gptframe's Llama imports "
                               f"{', '.join(HF_DEFAULTS)})")
-    get = {**COMMON_DEFAULTS, **HF_DEFAULTS[model_type], **{k: v for k, v in hf.items() if v is not None}}.get
+    given = {k: v for k, v in hf.items() if v is not None}
+    get = {**COMMON_DEFAULTS, **HF_DEFAULTS[model_type], **given, **FIXED.get(model_type, {})}.get
 
     def refuse(field: str, supported: str) -> None:
         raise CheckpointError(f"{where}: {field}={hf.get(field)!r} is not supported (gptframe's Llama: {supported})")
@@ -153,6 +156,7 @@ def config_to_hf(config: LlamaConfig) -> dict:
         num_attention_heads=config.n_head, num_key_value_heads=config.n_kv_head, head_dim=config.head_size,
         hidden_act="silu", max_position_embeddings=config.block_size, initializer_range=config.initializer_range,
         rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=config.tie_word_embeddings, rope_parameters=rope,
+        # transformers' Llama has attention dropout only; gptframe's `dropout` also drops residuals and embeddings
         attention_bias=config.attention_bias, attention_dropout=config.dropout, mlp_bias=False,
     )
 
