@@ -105,6 +105,16 @@ class Tokenizer(ABC):
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 
+    @property
+    def add_bos(self) -> bool:
+        """Whether this tokenizer's models see every text start with the bos token (Llama's tokenizers add it), as
+        transformers' `tokenizer(text)` gives it. `encode` never adds it; `encode_document` does."""
+        return False
+
+    def encode_document(self, text: str) -> list[int]:
+        """A whole text as its model reads it: bos first where `add_bos` says, then `encode(text)`."""
+        return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + self.encode(text)
+
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 

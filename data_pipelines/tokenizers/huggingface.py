@@ -32,6 +32,12 @@ GPT2_DEFAULTS = {"bos": GPT2_SPECIAL, "eos": GPT2_SPECIAL, "unk": GPT2_SPECIAL}
 # transformers' PreTrainedTokenizerBase.clean_up_tokenization, in order
 CLEAN_UP_REPLACEMENTS = [(" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")]
 CLEAN_UP_REPLACEMENTS += [(" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
+# tokenizer_config.json classes whose pipeline transformers builds itself rather than reading tokenizer.json as it is
+# (transformers 5's LlamaTokenizer replaces a Llama-2 tokenizer.json's normaliser, which changes the ids of texts that
+# start with a space; a SentencePiece tokenizer.model alone is converted, and literal "<s>" becomes the bos token):
+# gptframe takes that pipeline from transformers, so its ids are AutoTokenizer's.
+BUILT_BY_TRANSFORMERS = frozenset({"LlamaTokenizer", "LlamaTokenizerFast", "CodeLlamaTokenizer",
+                                   "CodeLlamaTokenizerFast", "Qwen2Tokenizer", "Qwen2TokenizerFast"})
 LOOKED_FOR = (
     f"{META_FILE} (gptframe), {TOKENIZER_FILE}, {VOCAB_TXT} (WordPiece), {GPT2_VOCAB} + {GPT2_MERGES} (GPT-2 BPE) "
     "or a SentencePiece *.model"
@@ -88,6 +94,7 @@ class HFTokenizer(Tokenizer):
             [AddedToken(t, special=True, normalized=False) for t in self.special_tokens.values()]
         )
         self._ids = {k: backend.token_to_id(t) for k, t in self.special_tokens.items()}
+        self._add_bos = _post_processor_adds_bos(backend, self._ids.get("bos"))
 
     @classmethod
     def from_str(
@@ -110,6 +117,11 @@ class HFTokenizer(Tokenizer):
     @property
     def eos_id(self) -> int | None:
         return self._ids.get("eos")
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether the pipeline's post-processor starts a text with bos (Llama-2/3's TemplateProcessing)."""
+        return self._add_bos
 
     @property
     def pad_id(self) -> int | None:
@@ -167,6 +179,15 @@ class HFTokenizer(Tokenizer):
         return HFExport(self.backend, config=config)
 
 
+def _post_processor_adds_bos(backend: Backend, bos_id: int | None) -> bool:
+    """Whether encoding with the post-processor (as transformers does by default) puts bos before a text."""
+    if bos_id is None:
+        return False
+    plain = backend.encode("a", add_special_tokens=False).ids
+    full = backend.encode("a", add_special_tokens=True).ids
+    return full[:1] == [bos_id] and full[1 : 1 + len(plain)] == plain
+
+
 def _clean_up_tokenization(text: str) -> str:
     for old, new in CLEAN_UP_REPLACEMENTS:
         text = text.replace(old, new)
@@ -202,6 +223,8 @@ def load_hf_tokenizer(directory: str | Path, lowercase: bool = True) -> Tokenize
     if (d / META_FILE).is_file():
         return tokenizer_from_files({f.name: f.read_bytes() for f in d.iterdir() if f.is_file()})
     config = _read_json(d / CONFIG_FILE)
+    if config.get("tokenizer_class") in BUILT_BY_TRANSFORMERS:
+        return _built_by_transformers(d)
     special = _special_tokens(config, _read_json(d / SPECIAL_TOKENS_FILE))
     clean_up = bool(config.get("clean_up_tokenization_spaces", False))
     is_gpt2 = str(config.get("tokenizer_class", "")).startswith("GPT2Tokenizer")
@@ -222,6 +245,24 @@ def load_hf_tokenizer(directory: str | Path, lowercase: bool = True) -> Tokenize
     if (model_file := _sentencepiece_model(d)) is not None:
         return SentencePieceTokenizer.from_model_proto(model_file.read_bytes())
     raise TokenizerError(f"no tokenizer in {d}: looked for {LOOKED_FOR}")
+
+
+def _built_by_transformers(d: Path) -> HFTokenizer:
+    """The pipeline `transformers.AutoTokenizer.from_pretrained(d)` encodes with, as an HFTokenizer: its ids are
+    transformers' by construction (bos included, see `HFTokenizer.add_bos`)."""
+    try:
+        from transformers import AutoTokenizer
+
+        built = AutoTokenizer.from_pretrained(str(d))
+    except Exception as e:  # a missing or corrupt file, or a transformers without this class
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TokenizerError(f"{d}: transformers cannot build its tokenizer: {first}") from None
+    backend = getattr(built, "backend_tokenizer", None)
+    if not isinstance(backend, Backend):
+        raise TokenizerError(f"{d}: transformers built a {type(built).__name__}, which has no tokenizers pipeline")
+    special = _special_tokens(dict(built.special_tokens_map), {})
+    clean_up = bool(getattr(built, "clean_up_tokenization_spaces", False))
+    return HFTokenizer(Backend.from_str(backend.to_str()), special, clean_up)
 
 
 def _read_json(path: Path) -> dict:
