@@ -137,7 +137,7 @@ def load_hf_directory(path: str | Path) -> LoadedModel:
             f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding only "
             f"{config.vocab_size} rows"
         )
-    state = adapter.state_from_hf(read_hf_weights(path), task, where)
+    state = adapter.state_from_hf(read_hf_weights(path), task, where, config)
     if adapter.refine_import is not None:
         config, state = adapter.refine_import(config, state, exact)
     config.pad_vocab_size_multiple = exact.get("pad_vocab_size_multiple", 1)  # informative once vocab_size is set

@@ -29,7 +29,7 @@ class HFAdapter:
     base_classes: Mapping[str, str]  # config.json model_type -> class, for configs without `architectures`
     config_from_hf: Callable[[dict, str], Any]  # (config.json, where) -> our config; unsupported fields raise
     config_to_hf: Callable[[Any], dict]
-    state_from_hf: Callable[[dict, str, str], dict]  # (HF state, task, where) -> our state
+    state_from_hf: Callable[[dict, str, str, Any], dict]  # (HF state, task, where, our config) -> our state
     state_to_hf: Callable[[dict, str, str], dict]  # (our state, task, hf class) -> HF state
     # heads a directory may lack (task -> parameter-name prefixes), freshly initialised on import
     may_be_missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

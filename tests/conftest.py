@@ -75,6 +75,20 @@ TINY_RUN = [
 ]
 
 
+# The same run with a tiny Llama: grouped-query attention (2 KV heads for 4), SwiGLU, rotary positions.
+TINY_LLAMA = [
+    *TINY_RUN[:1],
+    "model=llama_micro",
+    "model.n_layer=2",
+    "model.n_embd=64",
+    "model.n_head=4",
+    "model.n_kv_head=2",
+    "model.intermediate_size=96",
+    "model.block_size=32",
+    *TINY_RUN[6:],
+]
+
+
 # A tiny BERT with a small WordPiece vocabulary for masked-LM runs of a few seconds.
 TINY_BERT = [
     "tokenizer=wordpiece",

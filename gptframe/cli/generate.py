@@ -23,7 +23,7 @@ def parse_args(argv: list[str]) -> GenerateConfig:
 def main(argv: list[str] | None = None) -> None:
     with user_errors_exit(PROGRAM):
         cfg = parse_args(sys.argv[1:] if argv is None else argv)
-        from gptframe.inference.generate import TextStreamer, generate_tokens
+        from gptframe.inference.generate import TextStreamer, encode_prompt, generate_tokens
         from gptframe.inference.pipelines import resolve_device
         from gptframe.loading import load_model, require_task
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         loaded = load_model(cfg.ckpt, device)
         require_task(loaded, "clm", "gptframe-generate", cfg.ckpt, causal=True)
         model, tokenizer = loaded.model, loaded.tokenizer
-        prompt_ids = tokenizer.encode(cfg.prompt) or [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
+        ids = encode_prompt(tokenizer, cfg.prompt)
         generator = torch.Generator(device=device).manual_seed(cfg.seed)
         for i in range(cfg.num_samples):
             if cfg.num_samples > 1:
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             streamer = TextStreamer(tokenizer.decode)
             sys.stdout.write(cfg.prompt)
             for token in generate_tokens(
-                model, prompt_ids, cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
+                model, ids, cfg.max_new_tokens, do_sample=cfg.do_sample, temperature=cfg.temperature,
                 top_k=cfg.top_k, top_p=cfg.top_p, vocab_size=tokenizer.vocab_size, eos_id=tokenizer.eos_id,
                 generator=generator,
             ):

@@ -10,6 +10,12 @@ import torch.nn as nn
 from gptframe.registry import architecture_of
 
 
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """A prompt as the model reads a document's start (bos first for Llama's tokenizers); an empty prompt starts
+    from a document boundary (end-of-text) where the tokenizer has one."""
+    return tokenizer.encode_document(prompt) or [tokenizer.eos_id if tokenizer.eos_id is not None else 0]
+
+
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
     """Scale by temperature, keep the top_k largest and the smallest set with probability >= top_p."""
     logits = logits / temperature

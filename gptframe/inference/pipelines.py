@@ -14,7 +14,7 @@ import torch
 
 from data_pipelines.classification import encode_examples
 from gptframe.errors import CheckpointError
-from gptframe.inference.generate import generate_tokens
+from gptframe.inference.generate import encode_prompt, generate_tokens
 from gptframe.loading import LoadedModel, load_model, require_task
 from gptframe.models.factory import backbone
 
@@ -63,9 +63,7 @@ class TextGenerationPipeline:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         outputs = []
         for prompt in prompts:
-            ids = self.tokenizer.encode(prompt)
-            if not ids:  # an empty prompt starts from a document boundary where the tokenizer has one
-                ids = [self.tokenizer.eos_id if self.tokenizer.eos_id is not None else 0]
+            ids = encode_prompt(self.tokenizer, prompt)
             steps = list(
                 generate_tokens(
                     self.model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,

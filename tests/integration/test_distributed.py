@@ -18,7 +18,7 @@ import pytest
 
 from gptframe.config import to_typed
 from gptframe.training.run import run_training
-from tests.conftest import BIN, REPO, TINY_BERT, TINY_RUN, compose, run_cli
+from tests.conftest import BIN, REPO, TINY_BERT, TINY_LLAMA, TINY_RUN, compose, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +28,7 @@ GPT = [*TINY_RUN, "model.dropout=0.0", *STEPS]
 # with sequence-length warmup: example lengths follow the global step, so they must agree across world sizes too
 BERT = [*TINY_BERT, "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0", *STEPS,
         "task.seq_len_warmup_steps=12", "task.seq_len_warmup_start=16"]
+LLAMA = [*TINY_LLAMA, "model.dropout=0.0", *STEPS]
 CPU = ["trainer.accelerator=cpu"]
 
 
@@ -89,19 +90,39 @@ def test_fsdp_stopped_and_resumed_matches_single_process(tmp_path, cache_dir, gp
     assert {"config.json", "model.safetensors"} <= {p.name for p in out.iterdir()}
 
 
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory, cache_dir) -> dict:
+    """Single-process references at batch 8, one per architecture, computed once."""
+    runs = {}
+
+    def get(arch: str) -> dict:
+        if arch not in runs:
+            runs[arch] = _single(tmp_path_factory.mktemp(f"{arch}_single"), cache_dir, *ARCHS[arch], "data.batch_size=8")
+        return runs[arch]
+
+    return get
+
+
+ARCHS = {"bert": BERT, "llama": LLAMA}
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_bert_data_parallel_matches_single_process(tmp_path_factory, cache_dir, strategy):
-    single = _single(tmp_path_factory.mktemp("bert_single"), cache_dir, *BERT, "data.batch_size=8")
-    run = tmp_path_factory.mktemp(f"bert_{strategy}")
-    distributed = _launch(run, cache_dir, *BERT, *CPU, f"trainer={strategy}", "data.batch_size=4")
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_data_parallel_matches_single_process(tmp_path_factory, cache_dir, single_runs, arch, strategy):
+    single = single_runs(arch)
+    run = tmp_path_factory.mktemp(f"{arch}_{strategy}")
+    distributed = _launch(run, cache_dir, *ARCHS[arch], *CPU, f"trainer={strategy}", "data.batch_size=4")
     _assert_same_training(distributed, single)
-    assert distributed["val_mlm_accuracy"] == pytest.approx(single["val_mlm_accuracy"], abs=1e-3)
+    if arch == "bert":
+        assert distributed["val_mlm_accuracy"] == pytest.approx(single["val_mlm_accuracy"], abs=1e-3)
 
 
-def test_fsdp_bf16_with_activation_checkpointing_and_compile_trains(tmp_path, cache_dir, gpt_single):
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_fsdp_bf16_with_activation_checkpointing_and_compile_trains(tmp_path, cache_dir, gpt_single, single_runs, arch):
+    reference = gpt_single if arch == "gpt" else single_runs(arch)
     run = tmp_path / "fsdp_bf16"
     summary = _launch(
-        run, cache_dir, *GPT, *CPU, "trainer=fsdp", "data.batch_size=4", "trainer.precision=bf16-mixed",
+        run, cache_dir, *(GPT if arch == "gpt" else LLAMA), *CPU, "trainer=fsdp", "data.batch_size=4", "trainer.precision=bf16-mixed",
         "trainer.activation_checkpointing=true", "trainer.compile=true",
     )
     assert summary["step"] == 20 and summary["precision"].startswith("bf16")
@@ -110,7 +131,7 @@ def test_fsdp_bf16_with_activation_checkpointing_and_compile_trains(tmp_path, ca
                     "FSDP2 over 2 ranks (2 blocks + root)"):
         assert applied in log
     # bf16 rounding only: close to the fp32 run
-    assert summary["val_loss"] == pytest.approx(gpt_single["val_loss"], abs=0.05)
+    assert summary["val_loss"] == pytest.approx(reference["val_loss"], abs=0.05)
 
 
 def _free_port() -> int:

@@ -9,7 +9,6 @@ from data_pipelines import TINY_SHAKESPEARE
 from data_pipelines.tokenizers import CharTokenizer
 from gptframe.config import TrainConfig, to_typed
 from gptframe.errors import ConfigError, TokenizerError
-from gptframe.models.bert import BertConfig
 from gptframe.models.gpt import GPTConfig
 from gptframe.tasks.causal_lm import CausalLMTaskConfig
 from gptframe.tasks.data import sized_for as resolve_model_config
@@ -38,9 +37,13 @@ def test_shakespeare_char_cpu_is_nanogpts_baby_gpt():
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "model").glob("*.yaml")))
 def test_every_named_model_composes_to_a_typed_schema(name):
+    from gptframe.registry import architecture_of
+
     cfg = to_typed(compose([f"model={name}"]))
-    assert isinstance(cfg.model, GPTConfig if name.startswith("gpt") else BertConfig)
-    assert cfg.model.arch == name.split("_")[0].replace("gpt2", "gpt")
+    spec = architecture_of(cfg.model)
+    assert isinstance(cfg.model, spec.config_class)
+    family = {"gpt": "gpt", "gpt2": "gpt", "bert": "bert", "llama": "llama", "llama3": "llama", "smollm": "llama"}
+    assert cfg.model.arch == family[name.split("_")[0]]
 
 
 def test_gpt2_124m_pads_the_vocab_to_a_multiple_of_64():

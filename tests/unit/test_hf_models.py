@@ -319,7 +319,7 @@ def _config_dir(tmp_path, config: dict):
 
 
 @pytest.mark.parametrize("config,found", [
-    ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, "LlamaForCausalLM"),
+    ({"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}, "MixtralForCausalLM"),
     ({"architectures": ["RobertaModel"], "model_type": "roberta"}, "RobertaModel"),
     ({"model_type": "t5"}, "model_type='t5' without architectures"),
 ])
@@ -329,6 +329,7 @@ def test_unsupported_architecture_is_a_clear_error(tmp_path, config, found):
         load_model(path)
     message = str(err.value)
     assert str(path) in message and found in message and "GPT2LMHeadModel" in message and "BertForMaskedLM" in message
+    assert "LlamaForCausalLM" in message
 
 
 def test_directory_without_config_tokenizer_or_weights_is_a_clear_error(tmp_path):

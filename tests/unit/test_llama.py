@@ -205,12 +205,11 @@ def test_llama_micro_has_gpt_micros_parameters():
     from omegaconf import OmegaConf as OC
 
     from gptframe.models.gpt import GPT, GPTConfig
-    from gptframe.models.llama.presets import PRESETS
 
     gpt_values = OC.to_container(OC.load("conf/model/gpt_micro.yaml"))
     gpt_values.pop("defaults", None)
     gpt = GPT(GPTConfig(**gpt_values, vocab_size=2048))
-    llama = Llama(LlamaConfig(**PRESETS["llama_micro"], vocab_size=2048))
+    llama = Llama(LlamaConfig(**_preset("llama_micro"), vocab_size=2048))
     assert llama.config.block_size == gpt.config.block_size
     # equal but for GPT's position embedding (both tie the token embedding; RMSNorm and bias-free LayerNorm both
     # hold one weight vector)
@@ -224,9 +223,8 @@ def test_published_shapes_count_what_transformers_counts(name):
     import transformers
 
     from gptframe.models.llama.hf import config_to_hf
-    from gptframe.models.llama.presets import PRESETS
 
-    config = LlamaConfig(**PRESETS[name])
+    config = LlamaConfig(**_preset(name))
     kwargs = config_to_hf(config)
     kwargs.pop("model_type")
     with torch.device("meta"):
@@ -234,3 +232,14 @@ def test_published_shapes_count_what_transformers_counts(name):
         theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
     assert ours.num_params() == sum(p.numel() for p in theirs.parameters())
     assert matmul_params(config) == ours.num_params(non_embedding=True)
+
+
+def _preset(name: str) -> dict:
+    """A conf/model preset's values (the one place presets live)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "model" / f"{name}.yaml"))
+    values.pop("defaults")
+    return values

@@ -13,7 +13,7 @@ ARCH_UNITS = REPO / "gptframe" / "models"
 # string literals naming an architecture, or comparisons of an architecture / task name
 ARCH_NAME = re.compile(r"""["'](gpt2?|bert|llama|mistral|qwen2)["']""")
 COMPARISON = re.compile(r"==|!=|\bin\s*[(\[{]")
-TASK_NAME = re.compile(r"""["'](%s)["']""" % "|".join(TASKS))
+TASK_NAME = re.compile("[\"'](" + "|".join(TASKS) + ")[\"']")
 # the one allowed mention: checkpoints of format 1 predate every architecture but GPT
 ALLOWED = {("gptframe/training/checkpoints.py", 'meta["model_config"].setdefault("arch", "gpt")')}
 

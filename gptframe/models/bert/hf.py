@@ -58,7 +58,7 @@ def state_to_hf(state: dict[str, torch.Tensor], task: str, hf_class: str) -> dic
     return out
 
 
-def state_from_hf(state: dict[str, torch.Tensor], task: str, where: str) -> dict[str, torch.Tensor]:
+def state_from_hf(state: dict[str, torch.Tensor], task: str, where: str, config=None) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
         key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")  # TF era

@@ -79,7 +79,7 @@ def state_to_hf(state: dict[str, torch.Tensor], task: str, hf_class: str) -> dic
     return out
 
 
-def state_from_hf(state: dict[str, torch.Tensor], task: str, where: str) -> dict[str, torch.Tensor]:
+def state_from_hf(state: dict[str, torch.Tensor], task: str, where: str, config=None) -> dict[str, torch.Tensor]:
     out = {}
     for key, value in state.items():
         if key.endswith(GPT_BUFFERS):
