@@ -131,6 +131,62 @@ def postprocess_qa_predictions(
     return predictions
 
 
+def pipeline_answers(
+    context: str,
+    windows: Sequence[Window],
+    top_k: int = 1,
+    handle_impossible_answer: bool = False,
+    max_answer_len: int = 15,
+) -> list[dict]:
+    """The answers transformers 4's question-answering pipeline returned (transformers 5 dropped that pipeline), top_k
+    of {score, start, end, answer}, best first. In each window the start and end logits are softmaxed separately over
+    the context tokens and [CLS] (others masked to -10000, as transformers' select_starts_ends); a span scores
+    p(start) * p(end), at most max_answer_len tokens long; with handle_impossible_answer the null answer ("", 0, 0)
+    scores the lowest p(start=[CLS]) * p(end=[CLS]) over windows. Spans map to text through the window's character
+    offsets (the pipeline's align_to_words=False)."""
+    answers, null_score = [], 1_000_000.0
+    for w in windows:
+        start_p, end_p, allowed = _masked_softmax(w)
+        if handle_impossible_answer:
+            null_score = min(null_score, float(start_p[CLS_INDEX] * end_p[CLS_INDEX]))
+        start_p[CLS_INDEX] = end_p[CLS_INDEX] = 0.0
+        for s, e, score in zip(*_top_spans(start_p, end_p, allowed, top_k, max_answer_len), strict=True):
+            begin, end = (w.offsets[s] or (0, 0))[0], (w.offsets[e] or (0, 0))[1]  # [CLS]: (0, 0), as transformers
+            answers.append({"score": float(score), "start": begin, "end": end, "answer": context[begin:end]})
+    if handle_impossible_answer:
+        answers.append({"score": null_score, "start": 0, "end": 0, "answer": ""})
+    return sorted(answers, key=lambda a: a["score"], reverse=True)[:top_k]
+
+
+def _masked_softmax(w: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n = len(w.offsets)
+    allowed = np.array([o is not None for o in w.offsets])
+    allowed[CLS_INDEX] = True  # [CLS] stays in: it scores the null answer
+    probabilities = []
+    for logits in (w.start_logits, w.end_logits):
+        logits = np.where(allowed, np.asarray(logits)[:n], -10000.0)
+        exp = np.exp(logits - logits.max())
+        probabilities.append(exp / exp.sum())
+    return probabilities[0], probabilities[1], allowed
+
+
+def _top_spans(start_p: np.ndarray, end_p: np.ndarray, allowed: np.ndarray, top_k: int, max_answer_len: int):
+    """transformers' decode_spans: the top_k of p(start) * p(end) over spans of 1..max_answer_len tokens."""
+    candidates = np.tril(np.triu(np.outer(start_p, end_p)), max_answer_len - 1)
+    flat = candidates.flatten()
+    if top_k == 1:
+        order = np.array([np.argmax(flat)])
+    elif len(flat) <= top_k:
+        order = np.argsort(-flat)
+    else:
+        best = np.argpartition(-flat, top_k)[0:top_k]
+        order = best[np.argsort(-flat[best])]
+    starts, ends = np.unravel_index(order, candidates.shape)
+    keep = allowed[starts] & allowed[ends]
+    starts, ends = starts[keep], ends[keep]
+    return starts.tolist(), ends.tolist(), candidates[starts, ends].tolist()
+
+
 # ---- SQuAD metrics, as the official evaluation scripts compute them ------------------------------------------------
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)

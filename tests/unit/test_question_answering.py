@@ -27,6 +27,7 @@ from data_pipelines.question_answering import (
 )
 from data_pipelines.question_answering_eval import (
     Window,
+    pipeline_answers,
     postprocess_qa_predictions,
     predict_answer,
     squad_metrics,
@@ -374,6 +375,49 @@ def test_best_span_across_windows_and_null_answer_by_hand():
     # ... unless the threshold asks for more confidence than that
     pred = predict_answer(context, [w1, w2], version_2_with_negative=True, null_score_diff_threshold=-6.0)
     assert pred.answer.is_null and pred.answer.text == "" and (pred.answer.start, pred.answer.end) == (0, 0)
+
+
+def transformers4_pipeline_answers(context, windows, top_k, handle_impossible_answer, max_answer_len):
+    """transformers 4's QuestionAnsweringPipeline.postprocess (fast tokenizer, align_to_words=False) over
+    transformers' own select_starts_ends."""
+    from transformers.pipelines.document_question_answering import select_starts_ends
+
+    min_null_score = 1000000
+    answers = []
+    for w in windows:
+        n = len(w.offsets)
+        p_mask = np.array([0 if k == 0 or o is not None else 1 for k, o in enumerate(w.offsets)])
+        starts, ends, scores, min_null_score = select_starts_ends(
+            w.start_logits[None, :n], w.end_logits[None, :n], p_mask, None, min_null_score, top_k,
+            handle_impossible_answer, max_answer_len)
+        offsets = [o or (0, 0) for o in w.offsets]
+        for s, e, score in zip(starts, ends, scores, strict=True):
+            answers.append({"score": score.item(), "start": offsets[s][0], "end": offsets[e][1],
+                            "answer": context[offsets[s][0] : offsets[e][1]]})
+    if handle_impossible_answer:
+        answers.append({"score": min_null_score, "start": 0, "end": 0, "answer": ""})
+    return sorted(answers, key=lambda x: x["score"], reverse=True)[:top_k]
+
+
+@pytest.mark.parametrize("top_k, handle_impossible_answer, max_answer_len", [(1, False, 15), (3, True, 4), (5, True, 1)])
+def test_pipeline_answers_equal_transformers4_pipeline(records, wordpiece, tmp_path, top_k, handle_impossible_answer,
+                                                       max_answer_len):
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
+    examples = read_qa(tmp_path / "qa.jsonl").examples
+    features = build_qa_features(examples, wordpiece[0], max_seq_len=64, doc_stride=24)
+    starts, ends = random_logits(features, seed=top_k, null_boost=4.0)
+    nulls = 0
+    for example, group in zip(examples, features.features_of(len(examples)), strict=True):
+        windows = [Window(starts[i], ends[i], features.offsets[i]) for i in group]
+        ours = pipeline_answers(example.context, windows, top_k, handle_impossible_answer, max_answer_len)
+        theirs = transformers4_pipeline_answers(example.context, windows, top_k, handle_impossible_answer,
+                                                max_answer_len)
+        assert [{k: v for k, v in a.items() if k != "score"} for a in ours] == \
+            [{k: v for k, v in a.items() if k != "score"} for a in theirs]
+        assert [a["score"] for a in ours] == pytest.approx([a["score"] for a in theirs], rel=1e-6)
+        assert len(ours) == top_k
+        nulls += ours[0]["answer"] == ""
+    assert (nulls > 0) == handle_impossible_answer
 
 
 # ---- SQuAD metrics against the official evaluation scripts -----------------------------------------------------------
