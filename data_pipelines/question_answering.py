@@ -192,11 +192,17 @@ def build_qa_features(
     if tokenizer.cls_id is None or tokenizer.sep_id is None:
         raise DataError(f"question answering needs [CLS] and [SEP] tokens; the {tokenizer.kind} tokenizer has none")
     features = QAFeatures()
+    contexts: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}  # SQuAD asks ~5 questions per paragraph
     for index, example in enumerate(examples):
         question = tokenizer.encode(example.question.lstrip())  # as run_qa: leading spaces only cost tokens
-        context, offsets = tokenizer.encode_with_offsets(example.context)
-        offsets = _trim_leading_whitespace(example.context, offsets)
+        if example.context not in contexts:
+            ids, spans = tokenizer.encode_with_offsets(example.context)
+            contexts[example.context] = ids, _trim_leading_whitespace(example.context, spans)
+        context, offsets = contexts[example.context]
         budget = max_seq_len - len(question) - 3  # context tokens per window, after [CLS] q [SEP] ... [SEP]
+        if budget <= 0:
+            raise DataError(f"{example.where}: the question takes {len(question)} tokens, leaving no room for context "
+                            f"in max_seq_len={max_seq_len} tokens")
         if len(context) > budget and budget <= doc_stride:
             raise DataError(
                 f"{example.where}: a context of {len(context)} tokens needs several windows, but with a question of "

@@ -144,6 +144,8 @@ def test_a_stride_no_window_can_advance_by_names_the_record(records, wordpiece, 
                                         r"windows.*not more than doc_stride=64"):
         build_qa_features(examples, wordpiece[0], max_seq_len=64, doc_stride=64)
     build_qa_features(examples, wordpiece[0], max_seq_len=64, doc_stride=16)  # a stride below the window is fine
+    with pytest.raises(DataError, match=r"qa\.jsonl:1 \(id 'q0'\): the question takes \d+ tokens, leaving no room"):
+        build_qa_features(examples, wordpiece[0], max_seq_len=4, doc_stride=1)
 
 
 # ---- features against run_qa.py's preprocessing ---------------------------------------------------------------------
