@@ -60,14 +60,13 @@ def read_qa(path: str | Path) -> QAExamples:
     if not path.is_file():
         raise DataError(f"question-answering file not found: {path} (expected SQuAD JSON, or flat JSON / JSONL)")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() == ".jsonl":
+            records, version = _jsonl_records(path), ""
+        else:
+            records, version = _json_records(path, path.read_text(encoding="utf-8"))
+        examples = [_validated(*record) for record in records]
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    if path.suffix.lower() == ".jsonl":
-        records, version = _jsonl_records(path, text), ""
-    else:
-        records, version = _json_records(path, text)
-    examples = [_validated(*record) for record in records]
     if not examples:
         raise DataError(f"{path} holds no questions")
     seen: dict[str, str] = {}
@@ -79,15 +78,16 @@ def read_qa(path: str | Path) -> QAExamples:
     return QAExamples(path, examples, v2)
 
 
-def _jsonl_records(path: Path, text: str) -> Iterator[tuple[dict, str, bool]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{line}: not a JSON object: {e.msg}") from None
-        yield _flat(row, f"{path}:{line}")
+def _jsonl_records(path: Path) -> Iterator[tuple[dict, str, bool]]:
+    with path.open(encoding="utf-8") as f:  # lines end at newlines only (str.splitlines also splits at U+2028)
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{line}: not a JSON object: {e.msg}") from None
+            yield _flat(row, f"{path}:{line}")
 
 
 def _json_records(path: Path, text: str) -> tuple[list[tuple[dict, str, bool]], str]:
@@ -313,3 +313,4 @@ def grouped_rank_share(groups: list[list[int]], rank: int, world_size: int) -> n
     longest = max(len(share) for share in shares)
     mine = shares[rank]
     return np.array(mine + [PAD_KEY] * (longest - len(mine)), dtype=np.int64)
+

@@ -13,6 +13,7 @@ its other tokens get IGNORE_INDEX, or with label_all_subtokens the word's label 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,24 +46,23 @@ def read_tagged(path: str | Path, tag_names: list[str] | None = None) -> TaggedS
     if not path.is_file():
         raise DataError(f"token classification file not found: {path} (expected CoNLL-style text or JSONL)")
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8") as f:  # lines end at newlines only (str.splitlines also splits at U+2028)
+            lines = enumerate((line.rstrip("\r\n") for line in f), start=1)
+            jsonl = path.suffix.lower() in (".jsonl", ".json")
+            sentences = _read_jsonl(path, lines, tag_names) if jsonl else _read_conll(path, lines)
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    if path.suffix.lower() in (".jsonl", ".json"):
-        sentences = _read_jsonl(path, text, tag_names)
-    else:
-        sentences = _read_conll(path, text)
     if not sentences.words:
         raise DataError(f"{path} holds no tagged sentences")
     return sentences
 
 
-def _read_conll(path: Path, text: str) -> TaggedSentences:
+def _read_conll(path: Path, lines: Iterator[tuple[int, str]]) -> TaggedSentences:
     out = TaggedSentences(path, [], [], [])
     words: list[str] = []
     tags: list[str] = []
     where: list[str] = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in lines:
         columns = line.split("\t") if "\t" in line else line.split()
         columns = [c.strip() for c in columns]
         if not any(columns) or columns[0] == DOCSTART:
@@ -85,9 +85,9 @@ def _read_conll(path: Path, text: str) -> TaggedSentences:
     return out
 
 
-def _read_jsonl(path: Path, text: str, tag_names: list[str] | None) -> TaggedSentences:
+def _read_jsonl(path: Path, lines: Iterator[tuple[int, str]], tag_names: list[str] | None) -> TaggedSentences:
     out = TaggedSentences(path, [], [], [])
-    for line_number, raw in enumerate(text.splitlines(), start=1):
+    for line_number, raw in lines:
         if not raw.strip():
             continue
         try:
@@ -284,3 +284,4 @@ class TokenClassificationExamples:
             "attention_mask": attention_mask,
             "labels": labels,
         }
+

@@ -108,6 +108,14 @@ def test_every_layout_reads_the_same_examples(records, tmp_path):
     assert flat.version_2_with_negative and sum(e.is_impossible for e in flat.examples) == 10
 
 
+def test_jsonl_lines_end_at_newlines_only(tmp_path):
+    """U+2028 and U+0085 may stand raw in JSON strings; they do not end a line."""
+    row = {"id": "a", "question": "q?", "context": "one\u2028two\x85three", "answers": {"text": ["two"],
+                                                                                    "answer_start": [4]}}
+    (tmp_path / "qa.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert read_qa(tmp_path / "qa.jsonl").examples[0].context == row["context"]
+
+
 def test_answer_start_not_at_the_answer_is_one_clear_error(records, tmp_path):
     bad = json.loads(json.dumps(records[:5]))
     bad[3]["answers"]["answer_start"][0] += 1

@@ -53,6 +53,7 @@ Blackburn\tNNP\tI-NP\tI-PER
 -DOCSTART- -X- -X- O
 U.S.  B-LOC
 don't O
+a\u2028b\tO
 """
 
 
@@ -67,8 +68,8 @@ def write(tmp_path, name: str, text: str):
 
 def test_conll_and_jsonl_read_the_same_sentences(tmp_path):
     conll = read_tagged(write(tmp_path, "train.conll", CONLL))
-    assert conll.words == [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"], ["U.S.", "don't"]]
-    assert conll.tags == [["B-ORG", "O", "B-MISC", "O", "O"], ["B-PER", "I-PER"], ["B-LOC", "O"]]
+    assert conll.words == [["EU", "rejects", "German", "call", "."], ["Peter", "Blackburn"], ["U.S.", "don't", "a\u2028b"]]
+    assert conll.tags == [["B-ORG", "O", "B-MISC", "O", "O"], ["B-PER", "I-PER"], ["B-LOC", "O", "O"]]
     assert conll.where[1][1].endswith("train.conll:10")
     rows = [{"tokens": w, "tags": t} for w, t in zip(conll.words, conll.tags, strict=True)]
     jsonl = read_tagged(write(tmp_path, "train.jsonl", "\n".join(json.dumps(r) for r in rows)))
@@ -78,7 +79,7 @@ def test_conll_and_jsonl_read_the_same_sentences(tmp_path):
     as_ids = [{"tokens": w, "tags": [names.index(x) for x in t]} for w, t in zip(conll.words, conll.tags, strict=True)]
     ids = read_tagged(write(tmp_path, "ids.jsonl", "\n".join(json.dumps(r) for r in as_ids)), tag_names=names)
     assert ids.tags == conll.tags
-    assert [y.tolist() for y in tag_ids(conll, names)] == [[2, 5, 1, 5, 5], [3, 4], [0, 5]]
+    assert [y.tolist() for y in tag_ids(conll, names)] == [[2, 5, 1, 5, 5], [3, 4], [0, 5, 5]]
 
 
 @pytest.mark.parametrize(
