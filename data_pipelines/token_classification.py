@@ -13,6 +13,7 @@ its other tokens get IGNORE_INDEX, or with label_all_subtokens the word's label 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,14 +198,7 @@ def encode_words(tokenizer: Tokenizer, words: list[str], max_seq_len: int,
         position += len(word) + 1
     text = " ".join(words)
     ids, offsets = tokenizer.encode_with_offsets(text)
-    owner = np.full(len(text) + 1, -1, dtype=np.int64)  # character -> word, -1 between words
-    for w, (start, end) in enumerate(spans):
-        owner[start:end] = w
-    word_ids: list[int | None] = []
-    for start, end in offsets:
-        inside = owner[start:end]
-        inside = inside[inside >= 0]
-        word_ids.append(int(inside[0]) if inside.size else None)
+    word_ids = token_word_ids(offsets, spans, len(text))
     spans_out: list[tuple[int, int] | None] = list(offsets)
     if add_special_tokens:
         if tokenizer.cls_id is None or tokenizer.sep_id is None:
@@ -216,6 +210,25 @@ def encode_words(tokenizer: Tokenizer, words: list[str], max_seq_len: int,
     else:
         ids, word_ids, spans_out = ids[:max_seq_len], word_ids[:max_seq_len], spans_out[:max_seq_len]
     return EncodedSentence(ids, word_ids, spans_out, text, spans)
+
+
+def token_word_ids(offsets: list[tuple[int, int]], word_spans: list[tuple[int, int]], text_length: int
+                   ) -> list[int | None]:
+    """The word each token belongs to: the first word its span overlaps (None: it spans only whitespace)."""
+    owner = np.full(text_length + 1, -1, dtype=np.int64)  # character -> word, -1 between words
+    for w, (start, end) in enumerate(word_spans):
+        owner[start:end] = w
+    word_ids: list[int | None] = []
+    for start, end in offsets:
+        inside = owner[start:end]
+        inside = inside[inside >= 0]
+        word_ids.append(int(inside[0]) if inside.size else None)
+    return word_ids
+
+
+def whitespace_words(text: str) -> list[tuple[int, int]]:
+    """Spans of the whitespace-separated words of a raw text (the words of `pipeline()` input)."""
+    return [m.span() for m in re.finditer(r"\S+", text)]
 
 
 def align_labels(word_ids: list[int | None], word_labels: np.ndarray, label_all_subtokens: bool = False,

@@ -157,24 +157,26 @@ def subword_flags(sentence: str, tokens: Sequence[str], offsets: Sequence[tuple[
 
 def aggregate_entities(
     sentence: str,
-    tokens: Sequence[str],
     offsets: Sequence[tuple[int, int] | None],
     scores: np.ndarray,
     id2label: Mapping[int, str] | Sequence[str],
     aggregation_strategy: str = "none",
+    *,
     is_subword: Sequence[bool] | None = None,
     word_ids: Sequence[int | None] | None = None,
+    tokens: Sequence[str] | None = None,
+    tokens_to_string: Callable[[list[str]], str] | None = None,
     unknown: Sequence[bool] | None = None,
-    tokens_to_string: Callable[[list[str]], str] = " ".join,
     ignore_labels: Sequence[str] = ("O",),
 ) -> list[dict]:
     """The entities transformers' TokenClassificationPipeline returns for one text.
 
-    tokens: token strings (convert_ids_to_tokens); offsets: their spans in `sentence`, None for special tokens (which
-    are skipped); scores: [tokens, labels] probabilities (`softmax`); is_subword: from `subword_flags`, or word_ids
-    (the word of each token): a token continues a word when it belongs to the previous token's word; unknown: tokens
-    that are the unknown token (their text stands for them, and they start a word); tokens_to_string: the tokenizer's
-    convert_tokens_to_string. Returns dicts with entity, score, index, word, start, end (strategy none) or
+    offsets: each token's span in `sentence`, None for special tokens (skipped); scores: [tokens, labels]
+    probabilities (`softmax`); is_subword: from `subword_flags`, or word_ids (the word of each token, e.g. from
+    token_classification.token_word_ids): a token continues a word when it belongs to the previous token's word.
+    A token's or group's "word" is, as in transformers, built from `tokens` (token strings) by `tokens_to_string`
+    (the tokenizer's convert_tokens_to_string), with `unknown` tokens standing for their text; without tokens it is
+    the text the group spans. Returns dicts with entity, score, index, word, start, end (strategy none) or
     entity_group, score, word, start, end (the others), scores as floats.
     """
     strategy = aggregation_strategy.lower()
@@ -184,13 +186,21 @@ def aggregate_entities(
         if word_ids is None:
             raise ValueError("aggregate_entities needs is_subword (see subword_flags) or word_ids")
         is_subword = [w is not None and i > 0 and word_ids[i - 1] == w for i, w in enumerate(word_ids)]
+    if tokens is not None and tokens_to_string is None:
+        raise ValueError("tokens need tokens_to_string (the tokenizer's convert_tokens_to_string)")
+
+    def word_of(group: list[dict]) -> str:
+        if tokens is None:
+            return sentence[group[0]["start"] : group[-1]["end"]]
+        return tokens_to_string([p["word"] for p in group])
+
     scores = np.asarray(scores)
     pre = []
     for index, span in enumerate(offsets):
         if span is None:
             continue
         start, end = int(span[0]), int(span[1])
-        word, subword = tokens[index], bool(is_subword[index])
+        word, subword = (tokens[index] if tokens is not None else sentence[start:end]), bool(is_subword[index])
         if unknown is not None and unknown[index]:
             word, subword = sentence[start:end], False
         pre.append({"word": word, "scores": scores[index], "start": start, "end": end, "index": index,
@@ -203,9 +213,9 @@ def aggregate_entities(
         entities = [{"entity": label(p["scores"].argmax()), "score": p["scores"][p["scores"].argmax()],
                      "index": p["index"], "word": p["word"], "start": p["start"], "end": p["end"]} for p in pre]
     else:
-        entities = [_aggregate_word(group, strategy, label, tokens_to_string) for group in _word_groups(pre)]
+        entities = [_aggregate_word(group, strategy, label, word_of) for group in _word_groups(pre)]
     if strategy != "none":
-        entities = _group_entities(entities, tokens_to_string)
+        entities = _group_entities(entities, word_of)
     kept = [e for e in entities if e.get("entity", e.get("entity_group")) not in ignore_labels]
     return [{k: (float(v) if k == "score" else v) for k, v in e.items()} for e in kept]
 
@@ -220,7 +230,7 @@ def _word_groups(pre: list[dict]) -> list[list[dict]]:
     return groups
 
 
-def _aggregate_word(group: list[dict], strategy: str, label, tokens_to_string) -> dict:
+def _aggregate_word(group: list[dict], strategy: str, label, word_of) -> dict:
     if strategy == "first":
         scores = group[0]["scores"]
     elif strategy == "max":
@@ -228,8 +238,8 @@ def _aggregate_word(group: list[dict], strategy: str, label, tokens_to_string) -
     else:  # average
         scores = np.nanmean(np.stack([p["scores"] for p in group]), axis=0)
     best = scores.argmax()
-    return {"entity": label(best), "score": scores[best], "word": tokens_to_string([p["word"] for p in group]),
-            "start": group[0]["start"], "end": group[-1]["end"]}
+    return {"entity": label(best), "score": scores[best], "word": word_of(group), "start": group[0]["start"],
+            "end": group[-1]["end"]}
 
 
 def _bio(entity: str) -> tuple[str, str]:
@@ -238,7 +248,7 @@ def _bio(entity: str) -> tuple[str, str]:
     return "I", entity  # not B-/I-: a continuation
 
 
-def _group_entities(entities: list[dict], tokens_to_string) -> list[dict]:
+def _group_entities(entities: list[dict], word_of) -> list[dict]:
     """Adjacent entities of one type merge unless the later one is B-."""
     groups: list[list[dict]] = []
     for e in entities:
@@ -248,5 +258,5 @@ def _group_entities(entities: list[dict], tokens_to_string) -> list[dict]:
         else:
             groups.append([e])
     return [{"entity_group": g[0]["entity"].split("-", 1)[-1], "score": np.mean(np.nanmean([e["score"] for e in g])),
-             "word": tokens_to_string([e["word"] for e in g]), "start": g[0]["start"], "end": g[-1]["end"]}
+             "word": word_of(g), "start": g[0]["start"], "end": g[-1]["end"]}
             for g in groups]

@@ -26,6 +26,8 @@ from data_pipelines.token_classification import (
     read_tagged,
     tag_ids,
     tag_names,
+    token_word_ids,
+    whitespace_words,
 )
 from data_pipelines.token_classification_eval import (
     EntityCounts,
@@ -310,9 +312,9 @@ def test_aggregation_equals_transformers_pipeline(wordpiece, ner_model, strategy
         tokens = [ours.hf.id_to_token(i) for i in input_ids]
         spans = [None, *offsets, None]
         flags = subword_flags(sentence, tokens, spans, ours.hf.model.continuing_subword_prefix)
-        entities = aggregate_entities(sentence, tokens, spans, softmax(logits), model.config.id2label, strategy,
-                                      is_subword=flags, unknown=[i == ours.unk_id for i in input_ids],
-                                      tokens_to_string=ours.hf.decoder.decode)
+        entities = aggregate_entities(sentence, spans, softmax(logits), model.config.id2label, strategy,
+                                      is_subword=flags, tokens=tokens, tokens_to_string=ours.hf.decoder.decode,
+                                      unknown=[i == ours.unk_id for i in input_ids])
         expected = reference(sentence)
         assert len(entities) == len(expected) > 0, sentence
         for mine, theirs in zip(entities, expected, strict=True):
@@ -324,13 +326,35 @@ def test_aggregation_equals_transformers_pipeline(wordpiece, ner_model, strategy
 
 
 def test_word_ids_group_sub_tokens_by_word(wordpiece):
-    """With word ids (sentences given as words), a word is one group whatever its punctuation."""
+    """With word ids, a word is one group whatever its punctuation; without token strings, words are text spans."""
     ours = wordpiece[0]
     enc = encode_words(ours, ["U.S.", "Army"], 16)
     tokens = [ours.hf.id_to_token(i) for i in enc.input_ids]
     scores = np.zeros((len(tokens), 3), dtype=np.float32)
     scores[:, 1] = 1.0  # every token says B-LOC
-    words = aggregate_entities(enc.text, tokens, enc.offsets, scores, ["O", "B-LOC", "I-LOC"], "first",
-                               word_ids=enc.word_ids, tokens_to_string=ours.hf.decoder.decode)
-    assert [enc.text[e["start"] : e["end"]] for e in words] == ["U.S.", "Army"]
-    assert [e["word"] for e in words] == ["U. S.", "Army"]  # the tokenizer's convert_tokens_to_string, as transformers
+    labels = ["O", "B-LOC", "I-LOC"]
+    words = aggregate_entities(enc.text, enc.offsets, scores, labels, "first", word_ids=enc.word_ids, tokens=tokens,
+                               tokens_to_string=ours.hf.decoder.decode)
+    assert [(e["word"], e["start"], e["end"]) for e in words] == [("U. S.", 0, 4), ("Army", 5, 9)]  # as transformers
+    spans = aggregate_entities(enc.text, enc.offsets, scores, labels, "first", word_ids=enc.word_ids)
+    assert [(e["word"], e["start"], e["end"]) for e in spans] == [("U.S.", 0, 4), ("Army", 5, 9)]
+
+
+def test_raw_text_words_for_any_tokenizer_kind(shakespeare_text):
+    """A raw text with irregular spacing: tokens of any kind map to its whitespace-separated words."""
+    from data_pipelines.tokenizers import SentencePieceTokenizer
+
+    lines = [line for line in shakespeare_text[:50_000].split("\n") if line.strip()]
+    sp = SentencePieceTokenizer.train(lambda: lines, vocab_size=500)
+    text = "  Good  morrow,\tRomeo of Verona "
+    ids, offsets = sp.encode_with_offsets(text)
+    words = whitespace_words(text)
+    word_ids = token_word_ids(offsets, words, len(text))
+    assert [text[s:e] for s, e in words] == ["Good", "morrow,", "Romeo", "of", "Verona"]
+    for w, (start, end) in enumerate(words):  # each word's tokens cover it, in order
+        mine = [o for o, i in zip(offsets, word_ids, strict=True) if i == w]
+        assert mine[0][0] <= start and mine[-1][1] >= end
+    scores = np.zeros((len(ids), 2), dtype=np.float32)
+    scores[:, 1] = 1.0
+    entities = aggregate_entities(text, offsets, scores, ["O", "I-LOC"], "simple", word_ids=word_ids)
+    assert len(entities) == 1 and entities[0]["word"].strip() == text.strip()  # one I- run: one group
