@@ -246,3 +246,69 @@ def _percent(scores) -> tuple[float, float, int]:
     scores = list(scores)
     return (100.0 * sum(e for e, _ in scores) / len(scores), 100.0 * sum(f for _, f in scores) / len(scores),
             len(scores))
+
+
+class QAEvaluation:
+    """Validation-time accumulator for one rank: collects the start/end logits of the windows it evaluates (batches
+    from QuestionAnsweringDataModule, `feature_index` PAD_KEY rows skipped), then predicts and scores the questions
+    whose windows it saw. `sums()` are per-rank totals that add up across ranks (one all-reduce); `metrics_from_sums`
+    turns the global totals into squad_metrics' numbers."""
+
+    SUM_NAMES = ("exact", "f1", "total", "HasAns_exact", "HasAns_f1", "HasAns_total", "NoAns_exact", "NoAns_f1",
+                 "NoAns_total")
+
+    def __init__(self, examples: Sequence[QAExample], features: QAFeatures, version_2_with_negative: bool,
+                 n_best_size: int = 20, max_answer_length: int = 30, null_score_diff_threshold: float = 0.0):
+        self.examples = examples
+        self.features = features
+        self.version_2 = version_2_with_negative
+        self.settings = (version_2_with_negative, n_best_size, max_answer_length, null_score_diff_threshold)
+        self.groups = features.features_of(len(examples))
+        self.logits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def reset(self) -> None:
+        self.logits.clear()
+
+    def add_batch(self, feature_index, start_logits, end_logits) -> None:
+        """feature_index: [batch]; start_logits, end_logits: [batch, length] (numpy, or CPU tensors as numpy)."""
+        for row, k in enumerate(np.asarray(feature_index).tolist()):
+            if k >= 0:
+                n = len(self.features.input_ids[k])
+                self.logits[k] = (np.asarray(start_logits[row][:n]), np.asarray(end_logits[row][:n]))
+
+    def predictions(self) -> dict[str, AnswerPrediction]:
+        out = {}
+        for example, group in zip(self.examples, self.groups, strict=True):
+            seen = [k in self.logits for k in group]
+            if not any(seen):
+                continue
+            if not all(seen):
+                raise ValueError(f"question {example.id!r}: {sum(seen)} of its {len(group)} windows were evaluated "
+                                 "here; a question's windows must all be on one rank (grouped_rank_share)")
+            windows = [Window(*self.logits[k], self.features.offsets[k]) for k in group]
+            out[example.id] = predict_answer(example.context, windows, *self.settings)
+        return out
+
+    def sums(self) -> np.ndarray:
+        """float64 [9]: exact, F1 and question count, overall, HasAns and NoAns (SUM_NAMES)."""
+        totals = np.zeros(len(self.SUM_NAMES))
+        predictions = self.predictions()
+        for example in self.examples:
+            if example.id in predictions:
+                exact, f1 = squad_scores(predictions[example.id].answer.text, example.answer_texts, self.version_2)
+                part = 6 if example.is_impossible else 3
+                totals[[0, 1, 2, part, part + 1, part + 2]] += (exact, f1, 1, exact, f1, 1)
+        return totals
+
+    @classmethod
+    def metrics_from_sums(cls, sums, version_2: bool) -> dict[str, float]:
+        """squad_metrics' keys and values (percent) from summed `sums()`."""
+        sums = np.asarray(sums, dtype=np.float64)
+        if not version_2:
+            return {"exact_match": 100.0 * sums[0] / sums[2], "f1": 100.0 * sums[1] / sums[2]}
+        out = {}
+        for prefix, at in (("", 0), ("HasAns_", 3), ("NoAns_", 6)):
+            if sums[at + 2]:
+                out.update({f"{prefix}exact": 100.0 * sums[at] / sums[at + 2],
+                            f"{prefix}f1": 100.0 * sums[at + 1] / sums[at + 2], f"{prefix}total": int(sums[at + 2])})
+        return out

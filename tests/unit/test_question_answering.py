@@ -26,6 +26,7 @@ from data_pipelines.question_answering import (
     read_qa,
 )
 from data_pipelines.question_answering_eval import (
+    QAEvaluation,
     Window,
     pipeline_answers,
     postprocess_qa_predictions,
@@ -367,6 +368,29 @@ def test_predictions_equal_run_qa_postprocess(records, wordpiece, tmp_path, v2, 
     for p in ours.values():
         assert sum(c.probability for c in p.n_best) == pytest.approx(1.0)
         assert p.n_best == sorted(p.n_best, key=lambda c: c.score, reverse=True) or v2
+
+
+@pytest.mark.parametrize("v2", [False, True], ids=["v1", "v2"])
+def test_evaluation_sums_give_the_metrics_of_the_predictions(records, wordpiece, tmp_path, v2):
+    rows = records if v2 else [r for r in records if r["answers"]["text"]]
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    examples = read_qa(tmp_path / "qa.jsonl").examples
+    features = build_qa_features(examples, wordpiece[0], max_seq_len=64, doc_stride=24)
+    starts, ends = random_logits(features, seed=3, null_boost=2.0)
+    for i in range(len(features)):  # the true span scores high in some windows, so some answers are right
+        if i % 2 and features.start_positions[i]:
+            starts[i][features.start_positions[i]] += 20
+            ends[i][features.end_positions[i]] += 20
+    evaluation = QAEvaluation(examples, features, v2)
+    width = max(len(s) for s in starts)
+    pad = [np.pad(x, (0, width - len(x))) for x in (*starts, *ends)]
+    evaluation.add_batch(np.arange(len(features)), np.stack(pad[: len(features)]), np.stack(pad[len(features) :]))
+    predictions = postprocess_qa_predictions(examples, features, starts, ends, v2)
+    assert {k: p.answer.text for k, p in evaluation.predictions().items()} == {k: p.answer.text
+                                                                             for k, p in predictions.items()}
+    metrics = squad_metrics({k: p.answer.text for k, p in predictions.items()}, examples, v2)
+    assert QAEvaluation.metrics_from_sums(evaluation.sums(), v2) == pytest.approx(metrics)
+    assert 0 < metrics["f1"] < 100
 
 
 def test_best_span_across_windows_and_null_answer_by_hand():

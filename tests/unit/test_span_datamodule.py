@@ -13,7 +13,7 @@ import pytest
 
 from data_pipelines.datamodule import ClassificationDataModule
 from data_pipelines.question_answering import QAFeatureDataset, build_qa_features, read_qa
-from data_pipelines.question_answering_eval import Window, predict_answer, squad_metrics, squad_scores
+from data_pipelines.question_answering_eval import QAEvaluation, Window, predict_answer, squad_metrics
 from data_pipelines.sampling import PAD_KEY
 from data_pipelines.span_datamodule import QuestionAnsweringDataModule
 from data_pipelines.token_classification import TokenClassificationExamples, read_tagged, tag_names
@@ -85,30 +85,37 @@ def test_qa_evaluation_shares_sum_to_single_process_scores(qa):
         windows = [Window(*logits_of(k, len(features.input_ids[k])), features.offsets[k]) for k in group]
         single[examples.examples[i].id] = predict_answer(examples.examples[i].context, windows, v2).answer.text
     expected = squad_metrics(single, examples.examples, v2)
+    assert expected["NoAns_total"] > 0 and expected["HasAns_total"] > 0
     for world in (1, 2, 3):
-        sums, batch_counts, padding = np.zeros(3), [], 0
+        total, batch_counts, padding = 0, [], 0
         for rank in range(world):
             batches = list(on_rank(module, rank, world).val_dataloader())
             batch_counts.append(len(batches))
-            logits = {}
-            for batch in batches:
-                for row, k in enumerate(batch["feature_index"].tolist()):
-                    if k == PAD_KEY:
-                        assert batch["start_positions"][row] == -100  # padding: no loss
-                        padding += 1
-                        continue
-                    logits[k] = logits_of(k, int(batch["attention_mask"][row].sum()))
-            for i, group in enumerate(module.val_groups):  # this rank's questions: those whose windows it saw
-                if group[0] in logits:
-                    windows = [Window(*logits[k], features.offsets[k]) for k in group]
-                    ex = examples.examples[i]
-                    text = predict_answer(ex.context, windows, v2).answer.text
-                    sums += (*squad_scores(text, ex.answer_texts, v2), 1)
+            evaluation = QAEvaluation(examples.examples, features, v2)
+            for batch in batches:  # a model's [batch, length] logits: padded rows and columns included
+                rows = [logits_of(k, int(n)) if k != PAD_KEY else (np.zeros(int(n)),) * 2
+                        for k, n in zip(batch["feature_index"].tolist(), batch["attention_mask"].sum(1), strict=True)]
+                width = batch["input_ids"].shape[1]
+                starts, ends = (np.stack([np.pad(r[j], (0, width - len(r[j])), constant_values=-1e4) for r in rows])
+                                for j in (0, 1))
+                evaluation.add_batch(batch["feature_index"].numpy(), starts, ends)
+                padding += int((batch["feature_index"] == PAD_KEY).sum())
+                assert (batch["start_positions"][batch["feature_index"] == PAD_KEY] == -100).all()  # no loss
+            total = total + evaluation.sums()
         assert len(set(batch_counts)) == 1  # every rank runs as many batches
-        assert sums[2] == len(examples)
         assert padding > 0 or world == 1
-        assert 100 * sums[0] / sums[2] == pytest.approx(expected["exact"])
-        assert 100 * sums[1] / sums[2] == pytest.approx(expected["f1"])
+        assert QAEvaluation.metrics_from_sums(total, v2) == pytest.approx(expected)
+
+
+def test_qa_evaluation_refuses_a_question_split_across_ranks(qa):
+    examples, dataset = qa
+    features = dataset.features
+    split = next(group for group in features.features_of(len(examples)) if len(group) > 1)
+    evaluation = QAEvaluation(examples.examples, features, True)
+    n = len(features.input_ids[split[0]])
+    evaluation.add_batch(np.array([split[0]]), np.zeros((1, n)), np.zeros((1, n)))
+    with pytest.raises(ValueError, match=r"1 of its \d+ windows were evaluated here"):
+        evaluation.sums()
 
 
 def test_token_classification_evaluation_sums_over_ranks(shakespeare_text, tokenizer, tmp_path):
