@@ -6,7 +6,9 @@
   answer (the lowest [CLS] score over windows) wins when it beats the best span by more than null_score_diff_threshold.
 - `squad_scores` / `squad_metrics`: exact match and F1 as the official SQuAD v1.1 and v2.0 evaluation scripts compute
   them (lower case, no punctuation, no articles, whitespace collapsed; the max over gold answers), with v2's HasAns /
-  NoAns breakdown. Per-question scores sum, so ranks can score their own questions and add up.
+  NoAns breakdown. Per-question scores sum, so ranks can score their own questions and add up (`QAEvaluation`).
+- `pipeline_answers`: the top_k answers {score, start, end, answer} transformers 4's question-answering pipeline gave
+  (probability products, handle_impossible_answer), for `pipeline("question-answering")`.
 """
 
 from __future__ import annotations
