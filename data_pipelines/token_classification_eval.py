@@ -242,6 +242,22 @@ def _aggregate_word(group: list[dict], strategy: str, label, word_of) -> dict:
             "end": group[-1]["end"]}
 
 
+def merge_overlapping_entities(entities: Sequence[dict]) -> list[dict]:
+    """Entities of a long text read in overlapping chunks (transformers' pipeline `stride`; chunks as
+    question_answering.context_windows cuts them), each chunk's from `aggregate_entities`: by start, and of two that
+    overlap the longer stays, at equal length the higher score (transformers' aggregate_overlapping_entities)."""
+    merged: list[dict] = []
+    for entity in sorted(entities, key=lambda e: e["start"]):
+        if merged and merged[-1]["start"] <= entity["start"] < merged[-1]["end"]:
+            previous = merged[-1]
+            length, previous_length = entity["end"] - entity["start"], previous["end"] - previous["start"]
+            if length > previous_length or (length == previous_length and entity["score"] > previous["score"]):
+                merged[-1] = entity
+        else:
+            merged.append(entity)
+    return merged
+
+
 def _bio(entity: str) -> tuple[str, str]:
     if entity.startswith(("B-", "I-")):
         return entity[0], entity[2:]

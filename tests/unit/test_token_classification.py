@@ -19,6 +19,7 @@ from transformers import BertConfig, BertForTokenClassification, BertTokenizerFa
 
 from data_pipelines.datasets import IGNORE_INDEX
 from data_pipelines.errors import DataError
+from data_pipelines.question_answering import context_windows
 from data_pipelines.sampling import PAD_KEY
 from data_pipelines.token_classification import (
     TokenClassificationExamples,
@@ -37,6 +38,7 @@ from data_pipelines.token_classification_eval import (
     count_entities,
     entity_scores,
     entity_types,
+    merge_overlapping_entities,
     softmax,
     subword_flags,
     tags_of_labeled_tokens,
@@ -333,6 +335,37 @@ def test_aggregation_equals_transformers_pipeline(ner_model, strategy):
             assert {k: v for k, v in mine.items() if k != "score"} == {k: v for k, v in theirs.items() if k != "score"}
             seen.add(mine.get("entity", mine.get("entity_group")))
     assert len(seen) >= 3  # several labels occur, so grouping is exercised
+
+
+@pytest.mark.parametrize("strategy", ["simple", "first", "max"])
+def test_long_texts_in_overlapping_chunks_equal_transformers_stride(ner_model, strategy, tmp_path):
+    ours, model, directory = ner_model
+    max_len, stride = 16, 5
+    reference = pipeline("token-classification", model=str(directory), tokenizer=str(directory),
+                         aggregation_strategy=strategy, stride=stride, device="cpu")
+    reference.tokenizer.model_max_length = max_len
+    sentence = " ".join(SENTENCES[:2]) + " Juliet and Romeo met in Verona, far from Mantua."
+    ids, offsets = ours.encode_with_offsets(sentence)
+    chunks = context_windows(len(ids), max_len - 2, stride)
+    theirs = reference.tokenizer(sentence, truncation=True, return_overflowing_tokens=True, stride=stride)
+    assert [row[1:-1] for row in theirs["input_ids"]] == [ids[a:b] for a, b in chunks] and len(chunks) > 3
+    found = []
+    for start, stop in chunks:
+        input_ids = [ours.cls_id, *ids[start:stop], ours.sep_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([input_ids])).logits[0].numpy()
+        tokens = [ours.hf.id_to_token(i) for i in input_ids]
+        spans = [None, *offsets[start:stop], None]
+        found += aggregate_entities(sentence, spans, softmax(logits), model.config.id2label, strategy,
+                                    is_subword=subword_flags(sentence, tokens, spans, "##"), tokens=tokens,
+                                    tokens_to_string=ours.hf.decoder.decode,
+                                    unknown=[i == ours.unk_id for i in input_ids])
+    merged = merge_overlapping_entities(found)
+    expected = reference(sentence)
+    assert len(merged) == len(expected) > 0
+    for mine, theirs in zip(merged, expected, strict=True):
+        assert mine["score"] == pytest.approx(float(theirs["score"]), abs=1e-4)
+        assert {k: v for k, v in mine.items() if k != "score"} == {k: v for k, v in theirs.items() if k != "score"}
 
 
 def test_word_ids_group_sub_tokens_by_word(wordpiece):
