@@ -60,7 +60,7 @@ def read_qa(path: str | Path) -> QAExamples:
     if not path.is_file():
         raise DataError(f"question-answering file not found: {path} (expected SQuAD JSON, or flat JSON / JSONL)")
     try:
-        if path.suffix.lower() == ".jsonl":
+        if path.suffix.lower() == ".jsonl" or _is_json_lines(path):
             records, version = _jsonl_records(path), ""
         else:
             records, version = _json_records(path, path.read_text(encoding="utf-8"))
@@ -76,6 +76,17 @@ def read_qa(path: str | Path) -> QAExamples:
         seen[ex.id] = ex.where
     v2 = version.startswith("v2") or any(ex.is_impossible for ex in examples)
     return QAExamples(path, examples, v2)
+
+
+def _is_json_lines(path: Path) -> bool:
+    """A .json file that holds one object a line (what datasets' Dataset.to_json writes)."""
+    with path.open(encoding="utf-8") as f:
+        first = f.readline(1 << 20).strip()  # SQuAD files are one JSON document, often on one long line
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and "question" in row
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[dict, str, bool]]:

@@ -97,12 +97,13 @@ def wordpiece(shakespeare_text, tmp_path_factory):
 def test_every_layout_reads_the_same_examples(records, tmp_path):
     (tmp_path / "flat.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
     (tmp_path / "flat.json").write_text(json.dumps(records), encoding="utf-8")
+    (tmp_path / "lines.json").write_text("\n".join(json.dumps(r) for r in records), encoding="utf-8")  # to_json's
     (tmp_path / "squad2.json").write_text(json.dumps(to_squad(records, "v2.0")), encoding="utf-8")
     answerable = [r for r in records if r["answers"]["text"]]
     (tmp_path / "squad1.json").write_text(json.dumps(to_squad(answerable, "1.1")), encoding="utf-8")
     flat = read_qa(tmp_path / "flat.jsonl")
     key = [(e.id, e.question, e.context, e.answer_texts, e.answer_starts) for e in flat.examples]
-    for name in ("flat.json", "squad2.json"):
+    for name in ("flat.json", "lines.json", "squad2.json"):
         other = read_qa(tmp_path / name)
         assert [(e.id, e.question, e.context, e.answer_texts, e.answer_starts) for e in other.examples] == key
         assert other.version_2_with_negative
