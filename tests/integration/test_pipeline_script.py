@@ -14,6 +14,8 @@ import torch
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # whole pipelines: a minute or more each
+
 BIN = Path(sys.executable).parent
 QUIET = ["trainer.enable_progress_bar=false", "trainer.log_every_n_steps=5"]
 GPT = ["pretrain.tokenizer.vocab_size=512", "pretrain.model=gpt_nano", "pretrain.model.n_layer=2", "pretrain.model.n_embd=32",
@@ -25,6 +27,10 @@ BERT = ["pretrain.tokenizer.vocab_size=300", "pretrain.model.num_hidden_layers=1
         "pretrain.data.batch_size=8", "pretrain.trainer.max_steps=10", "pretrain.trainer.val_check_interval=10",
         "pretrain.trainer.eval_batches=2", "pretrain.trainer.final_eval_batches=4",
         "finetune.trainer.max_epochs=1", "finetune.task.max_seq_len=32", "finetune.data.batch_size=64"]
+
+
+LLAMA = [*GPT[:1], "pretrain.model.n_layer=2", "pretrain.model.n_embd=32", "pretrain.model.n_head=2",
+         "pretrain.model.n_kv_head=1", "pretrain.model.intermediate_size=64", "pretrain.model.block_size=32", *GPT[6:]]
 
 
 def _pipeline(arch: str, out: Path, cache: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -81,6 +87,17 @@ def test_bert_pipeline_pretrains_fine_tunes_and_fills_masks(tmp_path, cache_dir)
     assert json.loads((out / "export" / "pretrained" / "config.json").read_text())["architectures"] == [
         "BertForPreTraining"
     ]
+
+
+def test_llama_pipeline_pretrains_fine_tunes_exports_and_samples(tmp_path, cache_dir):
+    out = tmp_path / "pipe"
+    res = _pipeline("llama", out, cache_dir, *LLAMA)
+    assert "speaker classification (8 speakers" in res.stdout and "ROMEO:" in res.stdout
+    pre = json.loads((out / "pretrain" / "summary.json").read_text())
+    assert pre["arch"] == "llama" and pre["task"] == "clm"
+    for stage, hf_class in (("pretrained", "LlamaForCausalLM"), ("finetuned", "LlamaForSequenceClassification")):
+        config = json.loads((out / "export" / stage / "config.json").read_text())
+        assert config["architectures"] == [hf_class] and config["num_key_value_heads"] == 1
 
 
 def test_pipeline_rejects_unknown_arch_and_malformed_overrides(tmp_path):
