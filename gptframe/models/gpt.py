@@ -68,7 +68,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # B, H, T, D
@@ -77,15 +79,32 @@ class CausalSelfAttention(nn.Module):
             past = kv_cache.length
             k, v = kv_cache.append(self.layer, k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         elif T == 1:  # one new token attends to every cached position
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         else:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, x.device), dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def causal_mask(T: int, past: int, device) -> torch.Tensor:
+    """[T, past + T] bool, True = attend: T new positions after `past` cached ones see the prefix and their past."""
+    return torch.ones(T, past + T, dtype=torch.bool, device=device).tril(diagonal=past)
+
+
+def combine_masks(attn_mask: torch.Tensor, T: int, past: int) -> torch.Tensor:
+    """The caller's mask (broadcastable to [B, 1, T, past + T]: padding, or documents in a packed row) AND causality.
+
+    Each position may always see itself: a row that sees nothing (a left-padding position) would make SDPA return NaN,
+    which the next layer's keys would carry into real rows (0 * NaN); for every real position this changes nothing.
+    """
+    causal = causal_mask(T, past, attn_mask.device)
+    own = torch.zeros_like(causal).diagonal_scatter(torch.ones(T, dtype=torch.bool, device=attn_mask.device), past)
+    return (attn_mask.bool() & causal) | own
 
 
 class MLP(nn.Module):
@@ -110,8 +129,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), kv_cache)
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -152,20 +173,44 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions."""
-        return self.lm_head(self.hidden_states(idx, kv_cache))
+    def forward(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions.
 
-    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        position_ids [B, T]: the learned positions to take (default: the cache length onwards), e.g. restarting at each
+        document of a packed row, or counting from the first real token of a left-padded prompt. attn_mask: bool,
+        broadcastable to [B, 1, T, cached + T], True = may attend; it is combined with the causal mask.
+        """
+        return self.lm_head(self.hidden_states(idx, kv_cache, position_ids=position_ids, attn_mask=attn_mask))
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The final LayerNorm's output [B, T, n_embd]."""
         B, T = idx.shape
         start = kv_cache.length if kv_cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        if position_ids is None:
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        else:
+            pos = position_ids
+        if attn_mask is not None:
+            attn_mask = combine_masks(attn_mask, T, start)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:
             kv_cache.length += T
         return self.transformer.ln_f(x)
