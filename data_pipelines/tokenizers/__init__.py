@@ -2,6 +2,7 @@
 
 from data_pipelines.tokenizers.base import HFExport, Tokenizer, load_tokenizer, tokenizer_from_files
 from data_pipelines.tokenizers.char import CharTokenizer
+from data_pipelines.tokenizers.chat import ChatTokenizer, with_chat_template
 from data_pipelines.tokenizers.huggingface import HFTokenizer, load_hf_tokenizer
 from data_pipelines.tokenizers.sentencepiece import SentencePieceTokenizer
 from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
@@ -11,10 +12,12 @@ TOKENIZER_KINDS: dict[str, type[Tokenizer]] = {
     SentencePieceTokenizer.kind: SentencePieceTokenizer,
     WordPieceTokenizer.kind: WordPieceTokenizer,
     HFTokenizer.kind: HFTokenizer,
+    ChatTokenizer.kind: ChatTokenizer,
 }
 
 __all__ = [
     "CharTokenizer",
+    "ChatTokenizer",
     "HFExport",
     "HFTokenizer",
     "SentencePieceTokenizer",
@@ -24,4 +27,5 @@ __all__ = [
     "load_hf_tokenizer",
     "load_tokenizer",
     "tokenizer_from_files",
+    "with_chat_template",
 ]
