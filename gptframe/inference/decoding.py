@@ -203,9 +203,10 @@ class Stepper:
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Beam search: row i of the next step continues row rows[i] of this one."""
-        if self.cache is not None:
-            self.cache.keys = self.cache.keys.index_select(1, rows)
-            self.cache.values = self.cache.values.index_select(1, rows)
+        if self.cache is not None:  # only the filled positions: the preallocated rest is many times larger
+            n = self.cache.length
+            self.cache.keys[:, :, :, :n] = self.cache.keys[:, :, :, :n].index_select(1, rows)
+            self.cache.values[:, :, :, :n] = self.cache.values[:, :, :, :n].index_select(1, rows)
 
 
 class StopStrings:
