@@ -139,7 +139,9 @@ def _chat_messages(messages: object, column: str, where: str) -> list[dict[str, 
 
 
 def _instruction_messages(record: dict, columns: SFTColumns, where: str) -> list[dict[str, str]]:
-    instruction, extra, output = record[columns.instruction], record.get(columns.input), record[columns.output]
+    instruction, output = record[columns.instruction], record[columns.output]
+    instruction, output = ("" if v is None else v for v in (instruction, output))  # null: empty, refused below
+    extra = record.get(columns.input)
     system = record.get(columns.system) if columns.system else None
     for name, value in ((columns.instruction, instruction), (columns.output, output), (columns.input, extra),
                         (columns.system, system)):

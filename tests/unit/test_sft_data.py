@@ -140,6 +140,8 @@ def test_instruction_column_names_are_configurable(tmp_path):
         ({"messages": [{"role": "user", "content": "x"}]}, "ends with a 'user' turn"),
         ({"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}]}, "empty assistant"),
         ({"instruction": "x", "input": "", "output": ""}, "empty response"),
+        ({"instruction": "x", "output": None}, "empty response"),
+        ({"instruction": "x", "output": ["a"]}, "'output' must be a string"),
     ],
 )
 @pytest.mark.parametrize("jsonl", [True, False])
