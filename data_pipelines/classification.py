@@ -171,14 +171,17 @@ class EpochBatchSampler:
         self.global_batch_size = batch_size * world_size
         self.batches_per_epoch = -(-num_examples // self.global_batch_size)
 
+    def global_batch(self, b: int) -> np.ndarray:
+        """The example indices of global batch b (all ranks' slices, rank 0 first)."""
+        epoch, k = divmod(b, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+        order = np.concatenate([order, order[: self.global_batch_size]])  # wrap the last batch
+        return order[k * self.global_batch_size : (k + 1) * self.global_batch_size]
+
     def __iter__(self) -> Iterator[list[int]]:
         b = self.start_batch
         while True:
-            epoch, k = divmod(b, self.batches_per_epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            order = np.concatenate([order, order[: self.global_batch_size]])  # wrap the last batch
-            batch = order[k * self.global_batch_size : (k + 1) * self.global_batch_size]
-            yield batch[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
+            yield self.global_batch(b)[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
             b += 1
 
 

@@ -102,6 +102,17 @@ class Tokenizer(ABC):
     def mask_id(self) -> int | None:
         return None
 
+    @property
+    def chat_template(self) -> str | None:
+        """The Jinja chat template this tokenizer carries (see data_pipelines.tokenizers.chat), if any."""
+        return None
+
+    def special_tokens_text(self) -> dict[str, str]:
+        """kind -> the special token's text as the Hugging Face export names it (chat templates see these as
+        bos_token, eos_token, ..., as transformers passes its special_tokens_map)."""
+        backend = self._hf_export().backend
+        return {kind: backend.id_to_token(i) for kind, i in self.special_ids.items()}
+
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 

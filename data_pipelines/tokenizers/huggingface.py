@@ -23,6 +23,7 @@ from data_pipelines.tokenizers.wordpiece import WordPieceTokenizer
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 VOCAB_TXT = "vocab.txt"
 GPT2_VOCAB, GPT2_MERGES = "vocab.json", "merges.txt"
 SPECIAL_KINDS = ("bos", "eos", "unk", "pad", "cls", "sep", "mask")
@@ -85,8 +86,15 @@ class HFTokenizer(Tokenizer):
         """Any Hugging Face tokenizer directory, as the closest gptframe kind (load_hf_tokenizer)."""
         return load_hf_tokenizer(path, lowercase) if path.is_dir() and is_hf_tokenizer_dir(path) else None
 
-    def __init__(self, backend: Backend, special_tokens: dict[str, str], clean_up_tokenization_spaces: bool = False):
+    def __init__(
+        self,
+        backend: Backend,
+        special_tokens: dict[str, str],
+        clean_up_tokenization_spaces: bool = False,
+        chat_template: str | None = None,
+    ):
         self.backend = backend
+        self._chat_template = chat_template
         self.special_tokens = {k: v for k, v in special_tokens.items() if k in SPECIAL_KINDS}
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         # As transformers does on load: special tokens are added tokens, never split (new ones get new ids).
@@ -98,13 +106,21 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def from_str(
-        cls, tokenizer_json: str, special_tokens: dict[str, str], clean_up_tokenization_spaces: bool = False
+        cls,
+        tokenizer_json: str,
+        special_tokens: dict[str, str],
+        clean_up_tokenization_spaces: bool = False,
+        chat_template: str | None = None,
     ) -> HFTokenizer:
         try:
             backend = Backend.from_str(tokenizer_json)
         except Exception as e:
             raise TokenizerError(f"not a valid Hugging Face tokenizer.json: {e}") from None
-        return cls(backend, special_tokens, clean_up_tokenization_spaces)
+        return cls(backend, special_tokens, clean_up_tokenization_spaces, chat_template)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._chat_template
 
     @property
     def vocab_size(self) -> int:
@@ -168,6 +184,8 @@ class HFTokenizer(Tokenizer):
             "special_tokens": self.special_tokens,
             "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
         }
+        if self._chat_template is not None:
+            meta["chat_template"] = self._chat_template
         return meta, {TOKENIZER_FILE: self.backend.to_str().encode()}
 
     @classmethod
@@ -175,11 +193,14 @@ class HFTokenizer(Tokenizer):
         if TOKENIZER_FILE not in files:
             raise TokenizerError(f"saved Hugging Face tokenizer lacks {TOKENIZER_FILE}")
         return cls.from_str(
-            files[TOKENIZER_FILE].decode(), meta["special_tokens"], meta.get("clean_up_tokenization_spaces", False)
+            files[TOKENIZER_FILE].decode(), meta["special_tokens"], meta.get("clean_up_tokenization_spaces", False),
+            meta.get("chat_template"),
         )
 
     def _hf_export(self) -> HFExport:
         config = {"clean_up_tokenization_spaces": self.clean_up_tokenization_spaces}
+        if self._chat_template is not None:
+            config["chat_template"] = self._chat_template
         return HFExport(self.backend, config=config)
 
 
@@ -241,11 +262,14 @@ def load_hf_tokenizer(directory: str | Path, lowercase: bool = True) -> Tokenize
         model = tokenizer_json.get("model") or {}
         if model.get("type") == "WordPiece" or (model.get("type") is None and "max_input_chars_per_word" in model):
             return WordPieceTokenizer.from_vocab_dict(model["vocab"], _lowercase(config, tokenizer_json, lowercase, d))
-        return HFTokenizer.from_str(text, {**GPT2_DEFAULTS, **special} if is_gpt2 else special, clean_up)
+        return HFTokenizer.from_str(
+            text, {**GPT2_DEFAULTS, **special} if is_gpt2 else special, clean_up, _chat_template(d, config)
+        )
     if (d / VOCAB_TXT).is_file():
         return WordPieceTokenizer.from_vocab(d / VOCAB_TXT, _lowercase(config, {}, lowercase, d))
     if (d / GPT2_VOCAB).is_file() and (d / GPT2_MERGES).is_file():
-        return HFTokenizer(_gpt2_backend(d, bool(config.get("add_prefix_space", False))), {**GPT2_DEFAULTS, **special})
+        backend = _gpt2_backend(d, bool(config.get("add_prefix_space", False)))
+        return HFTokenizer(backend, {**GPT2_DEFAULTS, **special}, chat_template=_chat_template(d, config))
     if (model_file := _sentencepiece_model(d)) is not None:
         return SentencePieceTokenizer.from_model_proto(model_file.read_bytes())
     raise TokenizerError(f"no tokenizer in {d}: looked for {LOOKED_FOR}")
@@ -277,6 +301,18 @@ def _read_json(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise TokenizerError(f"{path} is not valid JSON: {e}") from None
     return data if isinstance(data, dict) else {}
+
+
+def _chat_template(d: Path, config: dict) -> str | None:
+    """The directory's Jinja chat template, where transformers keeps it: chat_template.jinja (transformers >= 4.43
+    writes it there), else tokenizer_config.json's "chat_template" (a string, or named templates: the "default" one)."""
+    if (d / CHAT_TEMPLATE_FILE).is_file():
+        return (d / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def _special_tokens(config: dict, special_map: dict) -> dict[str, str]:

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptframe.models.kv_cache import KVCache
+from gptframe.models.masks import causal_mask, combine_masks
 
 
 @dataclass
@@ -70,8 +71,8 @@ class CausalSelfAttention(nn.Module):
 
 
 def attention(q, k, v, past: int, attn_mask: torch.Tensor | None, dropout: float) -> torch.Tensor:
-    """SDPA over [B, H, T, D] queries and [B, H, past + T, D] keys: causal by default, or the given bool mask
-    (True = attend; left padding, packed documents)."""
+    """SDPA over [B, H, T, D] queries and [B, H, past + T, D] keys: causal, or the given bool mask (already
+    combined with causality by the model: combine_masks)."""
     if attn_mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
     T = q.size(2)
@@ -80,8 +81,7 @@ def attention(q, k, v, past: int, attn_mask: torch.Tensor | None, dropout: float
     if T == 1:  # one new token attends to every cached position
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
     # a chunk after a cached prefix: causal within the chunk, full over the prefix
-    mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, past, q.device), dropout_p=dropout)
 
 
 class MLP(nn.Module):
@@ -160,8 +160,9 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Logits [B, T, vocab] for token ids [B, T]; with a cache, idx continues the cached positions.
 
-        position_ids [B, T]: defaults to the positions after the cache. attn_mask: bool, broadcastable to
-        [B, 1, T, cached + T], True = attend (default causal).
+        position_ids [B, T]: the learned positions to take (default: the cache length onwards), e.g. restarting at each
+        document of a packed row, or counting from the first real token of a left-padded prompt. attn_mask: bool,
+        broadcastable to [B, 1, T, cached + T], True = may attend; it is combined with the causal mask.
         """
         return self.lm_head(self.hidden_states(idx, kv_cache, position_ids=position_ids, attn_mask=attn_mask))
 
@@ -179,8 +180,12 @@ class GPT(nn.Module):
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
         if position_ids is None:
-            position_ids = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(position_ids))
+            pos = torch.arange(start, start + T, dtype=torch.long, device=idx.device)
+        else:
+            pos = position_ids
+        if attn_mask is not None:
+            attn_mask = combine_masks(attn_mask, T, start)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x, kv_cache, attn_mask)
         if kv_cache is not None:

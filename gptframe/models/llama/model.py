@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gptframe.models.kv_cache import KVCache
+from gptframe.models.masks import causal_mask, combine_masks
 
 
 @dataclass
@@ -195,7 +196,7 @@ class LlamaAttention(nn.Module):
                                                enable_gqa=self.n_kv_head != self.n_head)
         else:
             if attn_mask is None:  # a chunk after a cached prefix: causal within the chunk, full over the prefix
-                attn_mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+                attn_mask = causal_mask(T, past, x.device)
             # with a mask, only the math kernel takes enable_gqa; repeating the key/value heads (as transformers'
             # repeat_kv) keeps the memory-efficient kernel
             repeat = self.n_head // self.n_kv_head
@@ -283,7 +284,7 @@ class LlamaModel(nn.Module):
                 raise ValueError(f"sequence of {start + T} tokens exceeds block_size={self.config.block_size}")
             position_ids = torch.arange(start, start + T, device=input_ids.device).expand(B, T)
         if attn_mask is not None:
-            attn_mask = _attend_to_self(attn_mask, start, T)
+            attn_mask = combine_masks(attn_mask, T, start)
         x = self.dropout(self.embed_tokens(input_ids))
         cos, sin = self.rotary_emb(position_ids, x.dtype)
         for block in self.layers:
@@ -291,17 +292,6 @@ class LlamaModel(nn.Module):
         if kv_cache is not None:
             kv_cache.length += T
         return self.norm(x)
-
-
-def _attend_to_self(attn_mask: torch.Tensor, start: int, T: int) -> torch.Tensor:
-    """The mask with every query also seeing its own key. It changes no real token's row (a causal row already holds
-    its diagonal), but a left-padding row that masks out everything is a softmax over nothing: torch's math kernel
-    returns zeros there, fused CUDA kernels have returned NaN (pytorch#103963, #110213), and a NaN would reach every
-    row through 0 * NaN in the attention-weighted sum of values."""
-    S = attn_mask.size(-1)
-    own = torch.zeros(T, S, dtype=torch.bool, device=attn_mask.device)
-    own[torch.arange(T), torch.arange(start, start + T)] = True
-    return attn_mask | own
 
 
 class Llama(nn.Module):
@@ -335,7 +325,7 @@ class Llama(nn.Module):
         """Logits [B, T, vocab] for token ids [B, T]; with a cache, input_ids continue the cached positions.
 
         position_ids [B, T]: rotary positions (default: the cache's length onwards; left-padded batches pass their
-        own). attn_mask: bool, broadcastable to [B, 1, T, cached + T], True = attend (default: causal, and full over
+        own). attn_mask: bool, broadcastable to [B, 1, T, cached + T], True = may attend, combined with causality (default: causal, and full over
         a cached prefix).
         """
         return self.lm_head(self.hidden_states(input_ids, kv_cache, position_ids=position_ids, attn_mask=attn_mask))
