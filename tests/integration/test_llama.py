@@ -16,8 +16,6 @@ from gptframe.loading import load_model
 from gptframe.training.run import run_training
 from tests.conftest import TINY_LLAMA, compose, run_cli
 
-pytestmark = pytest.mark.slow
-
 
 def _train(run_dir, cache_dir, *overrides) -> dict:
     cfg = compose([*TINY_LLAMA, f"data.cache_dir={cache_dir}", *overrides])
@@ -194,3 +192,50 @@ def test_a_checkpoint_whose_weights_do_not_match_its_config_exits_with_one_clear
     _rejected(res, "weights do not match its model config", new_run)
     res = run_cli("gptframe-generate", f"ckpt={bad}", "max_new_tokens=2")
     assert res.returncode == 2 and "weights do not match its model config" in res.stderr
+
+
+def _family_dir(tmp_path, family: str):
+    """A random-init transformers model of `family` saved with the tokenizer that family ships."""
+    import transformers
+
+    from tests.unit.test_llama_tokenizers import byte_level_dir, sentencepiece_dir
+
+    if family == "llama2":
+        path = sentencepiece_dir(tmp_path / family, legacy=False)
+    else:
+        config = {"tokenizer_class": "Qwen2Tokenizer"} if family == "qwen2" else {}
+        path = byte_level_dir(tmp_path / family, bos_template=family != "qwen2", config=config)
+    vocab = transformers.AutoTokenizer.from_pretrained(path).vocab_size + 4
+    shape = dict(vocab_size=vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=64)
+    config = {
+        "llama2": lambda: transformers.LlamaConfig(**shape, bos_token_id=1, eos_token_id=2),
+        "mistral": lambda: transformers.MistralConfig(**shape, sliding_window=None),
+        "qwen2": lambda: transformers.Qwen2Config(**shape, tie_word_embeddings=True),
+    }[family]()
+    torch.manual_seed(0)
+    model = getattr(transformers, config.architectures[0] if config.architectures else {
+        "llama2": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}[family])(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)  # large weights: greedy tokens depend on every layer
+    model.save_pretrained(path)
+    return path, model.eval()
+
+
+@pytest.mark.parametrize("family", ["llama2", "mistral", "qwen2"])
+def test_imported_family_directory_generates_what_transformers_generates(tmp_path, family):
+    from transformers import AutoTokenizer
+
+    path, hf = _family_dir(tmp_path, family)
+    loaded = load_model(path)
+    assert loaded.arch == "llama" and loaded.task == "clm"
+    prompt = "Hello world! The quick"
+    ids = AutoTokenizer.from_pretrained(path)(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(ids), hf(ids).logits, atol=1e-4, rtol=0)
+        # an explicit attention mask: the BOS of byte-level vocabularies is id 0, which generate would take for padding
+        reference = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                                eos_token_id=None, pad_token_id=hf.config.vocab_size - 1)
+    ours = torch.stack(list(generate_tokens(loaded.model, ids[0].tolist(), 12, do_sample=False)), 1)
+    assert ours[0].tolist() == reference[0, ids.size(1):].tolist()

@@ -6,7 +6,11 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from tests.conftest import TINY_RUN, run_cli
+
+pytestmark = pytest.mark.slow  # a submitit sweep: two jobs of two processes each
 
 
 def test_submitit_local_sweep_trains_each_job_with_two_processes(tmp_path, cache_dir, monkeypatch):
