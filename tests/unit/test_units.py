@@ -59,3 +59,46 @@ def test_each_architecture_declares_what_generic_code_needs(arch):
     for task, hf_heads in spec.hf.exports.items():
         assert task in spec.models and hf_heads
     assert set(spec.hf.imports.values()) <= set(spec.models)
+
+
+def test_a_new_architecture_plugs_in_without_touching_generic_code(tmp_path, cache_dir):
+    """A fourth architecture, registered from outside gptframe (here: GPT's network under another name), trains,
+    checkpoints, loads and generates through the unchanged generic code."""
+    from dataclasses import dataclass
+
+    from hydra.core.config_store import ConfigStore
+
+    from gptframe.config import to_typed
+    from gptframe.inference.generate import generate_tokens
+    from gptframe.loading import load_model
+    from gptframe.models.gpt import GPT, GPTConfig, GPTForSequenceClassification
+    from gptframe.models.gpt import SPEC as GPT_SPEC
+    from gptframe.registry import _ARCHITECTURES, register_architecture
+    from gptframe.training.run import run_training
+    from tests.conftest import TINY_RUN, compose
+
+    @dataclass
+    class ToyConfig(GPTConfig):
+        arch: str = "toy"
+
+        def __post_init__(self) -> None:
+            pass
+
+    class Toy(GPT):
+        pass
+
+    spec = register_architecture(GPT_SPEC.__class__(**{
+        **GPT_SPEC.__dict__, "name": "toy", "config_class": ToyConfig,
+        "models": {"clm": Toy, "classification": GPTForSequenceClassification},
+    }))
+    try:
+        ConfigStore.instance().store(group="model", name="toy", node={"defaults": ["toy_schema"], "n_layer": 1})
+        tiny = [o for o in TINY_RUN if not o.startswith("model=")]
+        cfg = compose([*tiny, "model=toy", "model.n_layer=1", "trainer.max_steps=4", f"data.cache_dir={cache_dir}"])
+        summary = run_training(to_typed(cfg), tmp_path / "run", cfg)
+        assert summary["arch"] == "toy" and summary["step"] == 4
+        loaded = load_model(summary["checkpoint"])
+        assert isinstance(loaded.model, Toy) and loaded.spec is spec
+        assert len(list(generate_tokens(loaded.model, [1, 2], 3, do_sample=False))) == 3
+    finally:
+        _ARCHITECTURES.pop("toy")
