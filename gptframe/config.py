@@ -155,6 +155,11 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0  # max grad norm; 0 disables clipping
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int | None = None  # also keep a checkpoint every N steps
+    # --- trust (issue 11): retention and numerical faults (gptframe/training/fault_tolerance.py) ---
+    keep_last_checkpoints: int | None = 3  # periodic step*.ckpt kept (besides last and best); None: keep all
+    nonfinite_policy: str = "stop"  # NaN/inf loss or grad norm: stop (the newest checkpoint stays the last good) | skip
+    nonfinite_max_skips: int = 10  # skip: updates skipped over the run before it stops anyway
+    # --- end trust ---
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -165,7 +170,7 @@ class TrainerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs",
-                     "global_batch_tokens"):
+                     "global_batch_tokens", "keep_last_checkpoints"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
@@ -178,6 +183,11 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.precision={self.precision} is not supported with trainer=fsdp; use bf16-mixed, bf16-true "
                 "or 32 (or trainer=ddp for 16-mixed)"
+            )
+        if self.nonfinite_policy not in ("stop", "skip") or self.nonfinite_max_skips < 0:  # trust (issue 11)
+            raise ValueError(
+                f"trainer.nonfinite_policy must be stop|skip and trainer.nonfinite_max_skips >= 0, got "
+                f"{self.nonfinite_policy!r} and {self.nonfinite_max_skips}"
             )
         if self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")

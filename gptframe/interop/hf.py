@@ -227,7 +227,11 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(file))
             else:
-                state.update(torch.load(file, map_location="cpu", weights_only=True))
+                from gptframe.training.safe_loading import safe_torch_load
+
+                state.update(safe_torch_load(file, what="weights file"))  # weights_only: pickled code is refused
+        except CheckpointError:
+            raise
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{file} cannot be read (truncated or corrupt?): {first}") from None
