@@ -33,7 +33,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from gptframe.errors import CheckpointError
-from gptframe.training.safe_loading import safe_torch_load
+from gptframe.training.safe_loading import read_dcp_metadata, safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -202,4 +202,7 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         self.barrier("gptframe_checkpoint_published")
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
-        return super().load_checkpoint(checkpoint_path, weights_only=True)
+        path = Path(self.broadcast(checkpoint_path))
+        if path.is_dir():  # Lightning reads the index with a bare pickle.load: check it first
+            read_dcp_metadata(path)
+        return super().load_checkpoint(path, weights_only=True)

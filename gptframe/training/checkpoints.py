@@ -18,7 +18,7 @@ from gptframe.errors import CheckpointError
 from gptframe.models.bert import BertConfig
 from gptframe.models.factory import build_model, model_config_from_dict
 from gptframe.models.gpt import GPTConfig
-from gptframe.training.safe_loading import safe_torch_load
+from gptframe.training.safe_loading import read_dcp_metadata, safe_filesystem_reader, safe_torch_load
 
 LAST = "last.ckpt"
 CHECKPOINT_KEY = "gptframe"  # our section of a Lightning checkpoint
@@ -75,14 +75,13 @@ def _load_sharded_checkpoint(path: Path) -> dict:
     with everything but the weights and optimizer states), as one full state dict in CPU memory. Only the weights are
     read: the optimizer states (twice the model for AdamW) are not needed to use or export a model."""
     meta_file = _checked_sharded_dir(path)
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 
     ckpt: dict = {}
     try:
-        _load_state_dict(ckpt, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
+        _load_state_dict(ckpt, storage_reader=safe_filesystem_reader(path), planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}),
                          no_dist=True)
         extra = safe_torch_load(meta_file, what="sharded checkpoint metadata")
     except CheckpointError:
@@ -125,6 +124,7 @@ def _checked_sharded_dir(path: Path) -> Path:
         )
     if not (path / ".metadata").is_file():
         raise CheckpointError(f"sharded checkpoint {path} is incomplete: its .metadata index is missing")
+    read_dcp_metadata(path)  # refuses a crafted index before torch.distributed.checkpoint would unpickle it
     return meta_file
 
 

@@ -36,10 +36,14 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 def refusal(path: Path, what: str, unsafe: list[str]) -> CheckpointError:
     found = ", ".join(unsafe[:3]) + (", ..." if len(unsafe) > 3 else "") if unsafe else "a non-plain object"
+    if what == "checkpoint":
+        hint = ("if you wrote it yourself with an older gptframe and trust it, convert it with "
+                f"`python -m gptframe.training.safe_loading convert {path} NEW.ckpt`")
+    else:
+        hint = "if the file is yours, rewrite it from a trusted copy (gptframe-export writes safetensors)"
     return CheckpointError(
         f"{what} {path} refused: it holds pickled code or objects ({found}), and gptframe loads only tensors and plain "
-        "values from files; if you wrote it yourself with an older gptframe and trust it, convert it with "
-        f"`python -m gptframe.training.safe_loading convert {path} NEW.ckpt`"
+        f"values from files; {hint}"
     )
 
 
@@ -54,6 +58,59 @@ def safe_torch_load(path: str | Path, what: str = "checkpoint", **kwargs) -> Any
         if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
             raise refusal(path, what, _unsafe_globals(path)) from None
         raise
+
+
+# torch.distributed.checkpoint reads a sharded directory's `.metadata` index with a bare pickle.load, which would run
+# any code a crafted index holds. These are the only globals a real index needs (checked by the unpickler below).
+_DCP_METADATA = "torch.distributed.checkpoint.metadata"
+_DCP_GLOBALS = {
+    *((_DCP_METADATA, name) for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata",
+                                          "ChunkStorageMetadata", "TensorProperties", "MetadataIndex", "StorageMeta",
+                                          "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+    ("builtins", "set"),
+    ("builtins", "frozenset"),
+}
+
+
+class _DcpMetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _DCP_GLOBALS or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_dcp_metadata(directory: Path) -> Any:
+    """A sharded checkpoint's `.metadata` index, unpickled with only the index's own types allowed."""
+    file = directory / ".metadata"
+    try:
+        with open(file, "rb") as f:
+            return _DcpMetadataUnpickler(f).load()
+    except pickle.UnpicklingError as e:
+        raise refusal(file, "sharded checkpoint index", [str(e)]) from None
+    except Exception as e:
+        raise CheckpointError(f"sharded checkpoint {directory}: its .metadata index cannot be read: {e}") from None
+
+
+def safe_filesystem_reader(directory: Path):
+    """torch.distributed.checkpoint's FileSystemReader, reading the index through `read_dcp_metadata`."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeFileSystemReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            metadata = read_dcp_metadata(Path(self.path))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeFileSystemReader(directory)
 
 
 def _plain(value: Any) -> Any:
