@@ -78,8 +78,6 @@ def write_file_atomically(data: bytes, path: str | Path) -> None:
     """`data` under `path`, all or nothing, durable once this returns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(path.parent).free < len(data):
-        raise _disk_full(path, len(data))
     tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as f:

@@ -76,12 +76,15 @@ class NonFiniteGuard(L.Callback):
             log.warning("step %d: non-finite %s, update skipped (%d of trainer.nonfinite_max_skips=%d)",
                         step, what, len(self.skipped), self.max_skips)
             return
-        allowance = (f"after skipping {len(self.skipped)} step(s) (trainer.nonfinite_max_skips={self.max_skips})"
-                     if self.policy == "skip" else "trainer.nonfinite_policy=stop")
+        if self.policy == "skip":
+            allowance = f"{len(self.skipped)} step(s) skipped already, trainer.nonfinite_max_skips={self.max_skips}"
+            advice = "lower task.lr or check the data"
+        else:
+            allowance = "trainer.nonfinite_policy=stop"
+            advice = "lower task.lr, check the data, or set trainer.nonfinite_policy=skip"
         raise NonFiniteError(
-            f"step {step}: the {what} is not finite (NaN or inf); training stopped ({allowance}) before the update, "
-            "so the newest checkpoint is the last good state; lower task.lr, check the data, or set "
-            "trainer.nonfinite_policy=skip"
+            f"step {step}: the {what} is not finite (NaN or inf); training stopped before the update ({allowance}), "
+            f"so the newest checkpoint is the last good state; {advice}"
         )
 
     def state_dict(self) -> dict:
