@@ -7,6 +7,7 @@ work starts; value checks (`__post_init__`) run in `to_typed`, still before anyt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -33,12 +34,14 @@ class OptimizerSchedule:
     lr_decay_steps: int | None = None  # None: trainer.max_steps (or the steps of trainer.max_epochs)
 
     def _check_optimizer(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+        if not (0 <= self.min_lr <= self.lr < math.inf and self.lr > 0):  # written so that NaN fails too
             raise ValueError(f"need 0 <= task.min_lr <= task.lr and task.lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"task.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
+        if self.warmup_steps < 0 or not 0 <= self.weight_decay < math.inf:
             raise ValueError("task.warmup_steps and task.weight_decay must be >= 0")
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"task.eps must be > 0, got {self.eps}")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ValueError(f"task.lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
 

@@ -52,6 +52,11 @@ else
   finetune_recipe=(task.lr=3e-4 task.max_seq_len=128 trainer.max_epochs=6 data.batch_size=16)
 fi
 
+# Bad overrides stop here, before any stage runs or the pipeline dir exists: one line, exit code 2.
+python -m gptframe.cli.check "pipeline: pretrain" "${pretrain_recipe[@]}" "${common_args[@]}" "${pretrain_args[@]}"
+python -m gptframe.cli.check "pipeline: finetune" task=classification "${finetune_recipe[@]}" "${common_args[@]}" \
+  "${finetune_args[@]}"
+
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 task_dir="$dir/data" pretrain_dir="$dir/pretrain" finetune_dir="$dir/finetune" export_dir="$dir/export"

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from gptframe.errors import CheckpointError
@@ -204,3 +205,28 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         if path.is_dir():  # Lightning reads the index with a bare pickle.load: check it first
             read_dcp_metadata(path)
         return super().load_checkpoint(path, weights_only=True)
+
+
+class KeepLastCheckpoints(ModelCheckpoint):
+    """Periodic `stepNNNNNN.ckpt` checkpoints, of which the newest `keep` stay (None: all). Pruned by listing the
+    directory after each save, not from Lightning's own top-k record: that record is restored from the checkpoint a
+    run resumes from, which was written before it counted itself, so a killed and resumed run would leave orphans."""
+
+    def __init__(self, dirpath: Path, every_n_steps: int, keep: int | None):
+        super().__init__(dirpath=dirpath, filename="step{step:06d}", every_n_train_steps=every_n_steps, save_top_k=-1,
+                         auto_insert_metric_name=False)
+        self.keep = keep
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        self.prune(trainer)
+
+    def prune(self, trainer) -> list[Path]:
+        """Delete all but the newest `keep` periodic checkpoints (rank 0; after the newest is published)."""
+        if not self.keep or not trainer.is_global_zero or self.dirpath is None:
+            return []
+        periodic = sorted(Path(self.dirpath).glob("step[0-9]*.ckpt"))  # zero-padded steps: name order is step order
+        stale = periodic[: -self.keep]
+        for path in stale:
+            trainer.strategy.remove_checkpoint(path)
+        return stale

@@ -16,7 +16,7 @@ from lightning.pytorch.loggers import Logger
 from gptframe.config import TrainerConfig
 from gptframe.errors import ConfigError
 from gptframe.training.callbacks import MetricsHistory, StepProgressBar
-from gptframe.training.checkpoint_io import SafeCheckpointIO
+from gptframe.training.checkpoint_io import KeepLastCheckpoints, SafeCheckpointIO
 from gptframe.training.fault_tolerance import NonFiniteGuard
 from gptframe.training.requeue import RequeueOnSignal
 from gptframe.training.throughput import ThroughputMonitor
@@ -132,18 +132,8 @@ def build_trainer(
     if RequeueOnSignal.wanted():  # SLURM: checkpoint at a step boundary on SIGUSR1, exit 75 for the script's requeue
         callbacks.append(RequeueOnSignal(ckpt_dir))
     if cfg.checkpoint_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="step{step:06d}",
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-                # trust: keep the newest N (by step); the oldest is deleted only after the new one is published
-                save_top_k=cfg.keep_last_checkpoints or -1,
-                monitor="step",
-                mode="max",
-                auto_insert_metric_name=False,
-            )
-        )
+        # trust: the newest N stay (trainer.keep_last_checkpoints); older ones go once a newer one is published
+        callbacks.append(KeepLastCheckpoints(ckpt_dir, cfg.checkpoint_every_n_steps, cfg.keep_last_checkpoints))
     if cfg.enable_progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     if torch.cuda.is_available():
