@@ -134,6 +134,7 @@ def split_model_schema(schema: GPTModelConfig | BertModelConfig) -> tuple[GPTCon
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true")
 
 
@@ -177,6 +178,8 @@ class TrainerConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
+        if self.accelerator not in ACCELERATORS:  # trust (issue 11): Lightning's own error was a traceback
+            raise ValueError(f"trainer.accelerator must be one of {'|'.join(ACCELERATORS)}, got {self.accelerator!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"trainer.strategy must be one of {'|'.join(STRATEGIES)}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:

@@ -134,14 +134,15 @@ def _tokenizer_for_labeled_data(cfg: TrainConfig) -> Tokenizer:
 
 
 def build_lm_data(cfg: TrainConfig, tokenizer: Tokenizer | None, model_cfg: ModelConfig):
-    tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
-    model_cfg = resolve_model_config(model_cfg, tokenizer)
-    if cfg.task.name == "clm":
+    if cfg.task.name == "clm":  # trust (issue 11): checked before prepare() writes a cache entry
         block_size = cfg.data.block_size or model_cfg.block_size
         if block_size > model_cfg.block_size:
             raise ConfigError(
                 f"data.block_size={block_size} exceeds the model's context model.block_size={model_cfg.block_size}"
             )
+    tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
+    model_cfg = resolve_model_config(model_cfg, tokenizer)
+    if cfg.task.name == "clm":
         datamodule = CausalLMDataModule(
             prepared, block_size=block_size, batch_size=cfg.data.batch_size, seed=cfg.seed,
             eval_batches=cfg.trainer.eval_batches, num_workers=cfg.data.num_workers,
