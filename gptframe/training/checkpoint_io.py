@@ -230,3 +230,17 @@ class KeepLastCheckpoints(ModelCheckpoint):
         for path in stale:
             trainer.strategy.remove_checkpoint(path)
         return stale
+
+
+class KeepBestCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint(save_top_k=1) that, after each validation, deletes any other `best-*` file in its directory:
+    a run killed after saving a new best and resumed from an earlier checkpoint would otherwise keep both."""
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.is_global_zero or self.dirpath is None or not self.best_model_path:
+            return
+        prefix = (self.filename or "").split("{")[0]
+        for path in Path(self.dirpath).glob(f"{prefix}*{self.FILE_EXTENSION}"):
+            if prefix and path != Path(self.best_model_path) and path.name != self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION:
+                trainer.strategy.remove_checkpoint(path)

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from gptframe.config import TrainerConfig
 from gptframe.errors import ConfigError
 from gptframe.training.callbacks import MetricsHistory, StepProgressBar
-from gptframe.training.checkpoint_io import KeepLastCheckpoints, SafeCheckpointIO
+from gptframe.training.checkpoint_io import KeepBestCheckpoint, KeepLastCheckpoints, SafeCheckpointIO
 from gptframe.training.fault_tolerance import NonFiniteGuard
 from gptframe.training.requeue import RequeueOnSignal
 from gptframe.training.throughput import ThroughputMonitor
@@ -118,7 +117,7 @@ def build_trainer(
     ckpt_dir = run_dir / "checkpoints"
     history = MetricsHistory(cfg.log_every_n_steps)
     throughput = ThroughputMonitor(cfg.log_every_n_steps)
-    best = ModelCheckpoint(
+    best = KeepBestCheckpoint(  # trust: a ModelCheckpoint that also removes best-* files orphaned by a kill
         dirpath=ckpt_dir,
         filename="best-step{step:06d}",
         monitor=monitor[0],

@@ -42,11 +42,13 @@ def test_keep_last_checkpoints_keeps_the_newest_periodic_ones(tmp_path, cache_di
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best-step000020.ckpt", "last.ckpt", "step000015.ckpt", "step000020.ckpt"]
     assert to_typed(compose(TINY_RUN)).trainer.keep_last_checkpoints == 3  # the default
-    # an orphan (a run killed between a save and the pruning) goes at the next save of the resumed run
-    orphan = tmp_path / "checkpoints" / "step000003.ckpt"
-    orphan.write_bytes((tmp_path / "checkpoints" / "step000015.ckpt").read_bytes())
-    _train(tmp_path, cache_dir, "trainer.keep_last_checkpoints=2", "trainer.max_steps=25")
-    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step*")) == ["step000020.ckpt", "step000025.ckpt"]
+    # orphans (of a run killed after a save, resumed from an earlier checkpoint) go at the next save / validation
+    ckpts = tmp_path / "checkpoints"
+    for orphan in ("step000003.ckpt", "best-step000004.ckpt"):
+        (ckpts / orphan).write_bytes((ckpts / "step000015.ckpt").read_bytes())
+    _train(tmp_path, cache_dir, "trainer.keep_last_checkpoints=2", "trainer.max_steps=30")
+    assert sorted(p.name for p in ckpts.glob("step*")) == ["step000025.ckpt", "step000030.ckpt"]
+    assert len(list(ckpts.glob("best-*"))) == 1
 
 
 def test_non_finite_gradient_stops_the_run_naming_the_step(tmp_path, cache_dir, monkeypatch):
