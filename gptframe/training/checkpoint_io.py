@@ -207,7 +207,16 @@ class SafeModelParallelStrategy(ModelParallelStrategy):
         return super().load_checkpoint(path, weights_only=True)
 
 
-class KeepLastCheckpoints(ModelCheckpoint):
+class _SameStateKey(ModelCheckpoint):
+    """Saves and restores its state under ModelCheckpoint's key, so checkpoints of runs started before these
+    subclasses existed resume with their best score and paths, and the other way round."""
+
+    @property
+    def state_key(self) -> str:
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
+
+class KeepLastCheckpoints(_SameStateKey):
     """Periodic `stepNNNNNN.ckpt` checkpoints, of which the newest `keep` stay (None: all). Pruned by listing the
     directory after each save, not from Lightning's own top-k record: that record is restored from the checkpoint a
     run resumes from, which was written before it counted itself, so a killed and resumed run would leave orphans."""
@@ -232,7 +241,7 @@ class KeepLastCheckpoints(ModelCheckpoint):
         return stale
 
 
-class KeepBestCheckpoint(ModelCheckpoint):
+class KeepBestCheckpoint(_SameStateKey):
     """ModelCheckpoint(save_top_k=1) that, after each validation, deletes any other `best-*` file in its directory:
     a run killed after saving a new best and resumed from an earlier checkpoint would otherwise keep both."""
 
