@@ -96,12 +96,14 @@ def write_file_atomically(data: bytes, path: str | Path) -> None:
 
 def non_finite_tensors(state_dict: dict[str, Any]) -> list[str]:
     """Names of floating-point tensors holding a NaN or an infinity (a sharded tensor: this rank's shard)."""
-    bad = []
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
     for name, value in state_dict.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point():
             local = value.to_local() if hasattr(value, "to_local") else value
-            if not bool(torch.isfinite(local).all()):
-                bad.append(name)
+            by_device.setdefault(local.device, []).append((name, torch.isfinite(local).all()))
+    bad = []
+    for flags in by_device.values():  # one host sync per device, not one per tensor
+        bad += [name for (name, _), ok in zip(flags, torch.stack([f for _, f in flags]).tolist(), strict=True) if not ok]
     return bad
 
 

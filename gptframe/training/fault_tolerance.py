@@ -60,7 +60,7 @@ class NonFiniteGuard(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [_local(p.grad) for p in pl_module.parameters() if p.grad is not None]
-        norms = torch._foreach_norm(grads) if grads else []
+        norms = torch._foreach_norm(grads) if grads else []  # one fused kernel per dtype/device, as clip_grad_norm_
         grad_finite = torch.isfinite(torch.stack(norms).sum()) if norms else torch.tensor(True)
         loss_finite = self._loss_finite if self._loss_finite is not None else torch.tensor(True)
         self._loss_finite = None
