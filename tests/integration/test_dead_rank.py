@@ -29,17 +29,20 @@ def _torchrun(run_dir: Path, cache_dir: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def _rank_pid(rank: int) -> int | None:
-    """The pid of this machine's gptframe-train process with RANK=rank (started by our torchrun)."""
+def _rank_pid(job: subprocess.Popen, rank: int) -> int | None:
+    """The pid of the gptframe-train worker with RANK=rank that `job` started: only processes of the job's own
+    session (start_new_session), never another torchrun on this machine."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
+            if os.getsid(int(proc.name)) != job.pid:
+                continue
             cmdline = (proc / "cmdline").read_bytes()
             environ = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"gptframe.cli.train" in cmdline and f"RANK={rank}".encode() in environ and b"NPROC=2" in environ:
+        if b"gptframe.cli.train" in cmdline and f"RANK={rank}".encode() in environ:
             return int(proc.name)
     return None
 
@@ -54,7 +57,7 @@ def test_killed_rank_restarts_and_resumes_to_the_same_result(tmp_path, cache_dir
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "step000010.ckpt").exists() and time.time() < deadline:
         time.sleep(0.05)
-    victim = _rank_pid(1)
+    victim = _rank_pid(job, 1)
     assert victim is not None and job.poll() is None
     os.kill(victim, signal.SIGKILL)
     out = job.communicate(timeout=600)[0]
