@@ -30,13 +30,14 @@ def _torchrun(run_dir: Path, cache_dir: Path) -> subprocess.Popen:
 
 
 def _rank_pid(job: subprocess.Popen, rank: int) -> int | None:
-    """The pid of the gptframe-train worker with RANK=rank that `job` started: only processes of the job's own
-    session (start_new_session), never another torchrun on this machine."""
+    """The pid of the gptframe-train worker with RANK=rank that `job` started: only children of the job's torchrun
+    (launch/local.sh execs it, so it has the job's pid), never a process of another torchrun on this machine."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            if os.getsid(int(proc.name)) != job.pid:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if parent != job.pid:
                 continue
             cmdline = (proc / "cmdline").read_bytes()
             environ = (proc / "environ").read_bytes().split(b"\0")
