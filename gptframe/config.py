@@ -7,6 +7,7 @@ work starts; value checks (`__post_init__`) run in `to_typed`, still before anyt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
@@ -32,12 +33,14 @@ class OptimizerSchedule:
     lr_decay_steps: int | None = None  # None: trainer.max_steps (or the steps of trainer.max_epochs)
 
     def _check_optimizer(self) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+        if not (0 <= self.min_lr <= self.lr < math.inf and self.lr > 0):  # written so that NaN fails too
             raise ValueError(f"need 0 <= task.min_lr <= task.lr and task.lr > 0, got lr={self.lr} min_lr={self.min_lr}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"task.betas must be two numbers in [0, 1), got {list(self.betas)}")
-        if self.warmup_steps < 0 or self.weight_decay < 0:
+        if self.warmup_steps < 0 or not 0 <= self.weight_decay < math.inf:
             raise ValueError("task.warmup_steps and task.weight_decay must be >= 0")
+        if not 0 < self.eps < math.inf:
+            raise ValueError(f"task.eps must be > 0, got {self.eps}")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             raise ValueError(f"task.lr_decay_steps must be >= 1, got {self.lr_decay_steps}")
 
@@ -47,6 +50,7 @@ class OptimizerSchedule:
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("auto", "32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64", "64-true")
 
 
@@ -71,6 +75,11 @@ class TrainerConfig:
     gradient_clip_val: float = 1.0  # max grad norm; 0 disables clipping
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int | None = None  # also keep a checkpoint every N steps
+    # --- trust (issue 11): retention and numerical faults (gptframe/training/fault_tolerance.py) ---
+    keep_last_checkpoints: int | None = 3  # periodic step*.ckpt kept (besides last and best); None: keep all
+    nonfinite_policy: str = "stop"  # NaN/inf loss or grad norm: stop (the newest checkpoint stays the last good) | skip
+    nonfinite_max_skips: int = 10  # skip: updates skipped over the run before it stops anyway
+    # --- end trust ---
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -81,10 +90,12 @@ class TrainerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs",
-                     "global_batch_tokens"):
+                     "global_batch_tokens", "keep_last_checkpoints"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")
+        if self.accelerator not in ACCELERATORS:  # trust (issue 11): Lightning's own error was a traceback
+            raise ValueError(f"trainer.accelerator must be one of {'|'.join(ACCELERATORS)}, got {self.accelerator!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"trainer.strategy must be one of {'|'.join(STRATEGIES)}, got {self.strategy!r}")
         if self.precision not in PRECISIONS:
@@ -94,6 +105,11 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.precision={self.precision} is not supported with trainer=fsdp; use bf16-mixed, bf16-true "
                 "or 32 (or trainer=ddp for 16-mixed)"
+            )
+        if self.nonfinite_policy not in ("stop", "skip") or self.nonfinite_max_skips < 0:  # trust (issue 11)
+            raise ValueError(
+                f"trainer.nonfinite_policy must be stop|skip and trainer.nonfinite_max_skips >= 0, got "
+                f"{self.nonfinite_policy!r} and {self.nonfinite_max_skips}"
             )
         if self.gradient_clip_val < 0:
             raise ValueError(f"trainer.gradient_clip_val must be >= 0, got {self.gradient_clip_val}")

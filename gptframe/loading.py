@@ -22,6 +22,7 @@ from gptframe.errors import CheckpointError, TokenizerError
 from gptframe.models.factory import build_model, model_config_from_dict
 from gptframe.registry import ArchitectureSpec, architecture_of, architectures
 from gptframe.training.checkpoints import CHECKPOINT_KEY, MODEL_PREFIX, SHARDED_META_FILE, load_checkpoint
+from gptframe.training.safe_loading import safe_torch_load
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ def require_task(loaded: LoadedModel, task: str, what: str, path: str | Path, ca
     if loaded.task != task or (causal is not None and loaded.spec.causal != causal):
         kind = {True: "decoder ", False: "encoder ", None: ""}[causal]
         raise CheckpointError(
-            f"{what} needs a {kind}{task} model, but {path} holds a {loaded.arch.upper()} {loaded.task} model"
+            f"{what} needs a {kind}model trained for task={task}, but {path} holds a {loaded.arch.upper()} "
+            f"{loaded.task} model"
         )
 
 
@@ -174,7 +176,9 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(file))
             else:
-                state.update(torch.load(file, map_location="cpu", weights_only=True))
+                state.update(safe_torch_load(file, what="weights file"))  # weights_only: pickled code is refused
+        except CheckpointError:
+            raise
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"{file} cannot be read (truncated or corrupt?): {first}") from None

@@ -58,6 +58,11 @@ while IFS= read -r item; do finetune_recipe+=("$item"); done < <(recipe_field fi
 sample=$(recipe_field sample)
 [[ ${#pretrain_recipe[@]} -gt 0 && ${#finetune_recipe[@]} -gt 0 ]] || { echo "pipeline: $recipe needs pretrain and finetune lists" >&2; exit 2; }
 
+# Bad overrides stop here, before any stage runs or the pipeline dir exists: one line, exit code 2.
+python -m gptframe.cli.check "pipeline: pretrain" "${pretrain_recipe[@]}" "${common_args[@]}" "${pretrain_args[@]}"
+python -m gptframe.cli.check "pipeline: finetune" task=classification "${finetune_recipe[@]}" "${common_args[@]}" \
+  "${finetune_args[@]}"
+
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 task_dir="$dir/data" pretrain_dir="$dir/pretrain" finetune_dir="$dir/finetune" export_dir="$dir/export"

@@ -94,3 +94,51 @@ def parse_key_values(argv: list[str], schema: type, verbatim: tuple[str, ...] = 
         return OmegaConf.to_object(cfg)
     except Exception as e:
         raise ConfigError(str(e).splitlines()[0]) from None
+
+
+# --- trust (issue 11): Hydra's own errors (composition, override syntax) as one line and exit code 2 ---------------
+def one_line_error(e: BaseException) -> str:
+    """A multi-line Hydra/OmegaConf error (and its cause) as one line: 'Available options' lists become comma lists,
+    `full_key:` becomes '(key: ...)', Hydra's advice on HYDRA_FULL_ERROR and '+key' appends is dropped."""
+    texts = [str(e)] + ([str(e.__cause__)] if e.__cause__ is not None and str(e.__cause__) not in str(e) else [])
+    parts: list[str] = []
+    listing = False
+    for line in (raw.strip() for text in texts for raw in text.splitlines()):
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith(("object_type=", "reference_type=", "To append to your config", "Set the environment variable")):
+            continue
+        if listing and line.endswith("_schema"):  # the schemas behind the options, not options themselves
+            continue
+        if line.startswith("full_key:"):
+            parts.append(f"(key: {line.split(':', 1)[1].strip()})")
+        elif listing:
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        else:
+            parts.append(line)
+        listing = listing or line.endswith(":")
+    return " ".join(parts) or type(e).__name__
+
+
+def run_hydra_cli(program: str, hydra_main) -> None:
+    """Call a @hydra.main function so that a config Hydra cannot compose (unknown key or option, wrong type, bad
+    override syntax) exits like every other bad input: one line on stderr, exit code 2, no run dir. Hydra would print
+    several lines and exit 1; HYDRA_FULL_ERROR makes it raise instead (and an unexpected error then shows its whole
+    traceback)."""
+    import os
+
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    previous = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        hydra_main()
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"{program}: error: {one_line_error(e)}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    finally:
+        if previous is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = previous

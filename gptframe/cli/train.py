@@ -9,7 +9,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gptframe.cli.common import add_file_log, config_dir, tidy_lightning_logging, user_errors_exit
+from gptframe.cli.common import add_file_log, config_dir, run_hydra_cli, tidy_lightning_logging, user_errors_exit
 from gptframe.config import register_configs, to_typed
 
 register_configs()
@@ -43,7 +43,7 @@ def export_submitit_local_ranks(env=os.environ) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with user_errors_exit("gptframe-train", run_dir):
         if os.environ.get("SLURM_JOB_ID"):  # before anything slow: SLURM's requeue signal would otherwise kill us
@@ -71,6 +71,10 @@ def shut_down_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def main() -> None:
+    run_hydra_cli("gptframe-train", hydra_main)  # trust (issue 11): Hydra's own errors as one line, exit code 2
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ class CausalLMTask(TrainingTask):
 
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
+        block_size = example_length(cfg.data.block_size, model_config, "data.block_size")  # before prepare() caches
         tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
         model_config = sized_for(model_config, tokenizer)
-        block_size = example_length(cfg.data.block_size, model_config, "data.block_size")
         datamodule = CausalLMDataModule(
             prepared, block_size=block_size, batch_size=cfg.data.batch_size, seed=cfg.seed,
             eval_batches=cfg.trainer.eval_batches, num_workers=cfg.data.num_workers,

@@ -61,15 +61,15 @@ class MaskedLMTask(TrainingTask):
 
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
-        tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
-        model_config = sized_for(model_config, tokenizer)
         t = cfg.task
-        max_seq_len = example_length(t.max_seq_len, model_config)
+        max_seq_len = example_length(t.max_seq_len, model_config)  # checks before prepare() caches anything
         if t.seq_len_warmup_steps and t.seq_len_warmup_start > max_seq_len:
             raise ConfigError(
                 f"task.seq_len_warmup_start={t.seq_len_warmup_start} exceeds the example length {max_seq_len} "
                 "(task.max_seq_len, or the model's max_position_embeddings)"
             )
+        tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
+        model_config = sized_for(model_config, tokenizer)
         warmup = SeqLenWarmup(t.seq_len_warmup_start, max_seq_len, t.seq_len_warmup_steps) if t.seq_len_warmup_steps else None
         special = SpecialIds.of(tokenizer)
         masking = MaskingConfig(t.mask_prob, t.mask_token_prob, t.random_token_prob, t.whole_word_masking)

@@ -24,53 +24,12 @@ from gptframe.registry import architecture_of
 from gptframe.tasks import TASKS
 from gptframe.training.checkpoints import CHECKPOINT_KEY, LAST, read_checkpoint_meta
 from gptframe.training.loggers import build_logger, finish_logger, logger_callbacks, scrub_secrets
+from gptframe.training.resume import resolve_resume  # trust (issue 11): newest complete checkpoint, logged
 from gptframe.training.trainer import build_trainer, resolve_topology, world_size
 
 log = logging.getLogger("gptframe")
 
 SUMMARY_FILE = "summary.json"
-
-
-def resume_candidates(run_dir: Path) -> list[Path]:
-    """Checkpoints a run can continue from: last.ckpt, the periodic stepNNNNNN.ckpt, and the hpc_ckpt_N.ckpt saved
-    on SLURM's requeue signal (files, or directories when sharded). Not best-*.ckpt: an earlier step by design."""
-    ckpt_dir = run_dir / "checkpoints"
-    globbed = [*sorted(ckpt_dir.glob("step*.ckpt")), *sorted(ckpt_dir.glob("hpc_ckpt_*.ckpt"))]
-    return [p for p in [ckpt_dir / LAST, *globbed] if p.exists()]
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The optimizer step a checkpoint was saved at; None if it cannot be read (e.g. a save cut short)."""
-    try:
-        return int(read_checkpoint_meta(path).get("global_step", 0))
-    except CheckpointError as e:
-        log.warning("resume: skipping %s: %s", path, e)
-        return None
-
-
-def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from: auto -> the most advanced of the run dir's checkpoints (last.ckpt, or a
-    requeue checkpoint saved after it), none if there are none; null -> none; else PATH."""
-    candidates = resume_candidates(run_dir)
-    if resume is None or str(resume).lower() in ("null", "none", "false"):
-        if candidates:
-            raise ConfigError(
-                f"{run_dir} already holds checkpoints; pass resume=auto to continue that run, "
-                "or pick another name=... / hydra.run.dir=... for a fresh one"
-            )
-        return None
-    if resume == "auto":
-        readable = [(step, p.stat().st_mtime, p) for p in candidates if (step := _checkpoint_step(p)) is not None]
-        if not readable:
-            if candidates:
-                raise CheckpointError(
-                    f"none of the checkpoints in {run_dir / 'checkpoints'} can be read; pass resume=PATH to pick one, "
-                    "or use a fresh run dir"
-                )
-            return None
-        # the highest step wins; on a tie the later-saved (a requeue checkpoint written after last.ckpt)
-        return max(readable)[2]
-    return Path(resume).expanduser()
 
 
 def check_same_architecture(ckpt_model: dict, model, ckpt_path: Path) -> None:
@@ -182,7 +141,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         data.description,
     )
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last, weights_only=False)  # the final step, whether or not it coincided with a validation
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from gptframe.config import TrainerConfig
 from gptframe.errors import ConfigError
 from gptframe.training.callbacks import MetricsHistory, StepProgressBar
+from gptframe.training.checkpoint_io import KeepBestCheckpoint, KeepLastCheckpoints, SafeCheckpointIO
+from gptframe.training.fault_tolerance import NonFiniteGuard
 from gptframe.training.requeue import RequeueOnSignal
 from gptframe.training.throughput import ThroughputMonitor
 
@@ -82,11 +83,11 @@ def world_size(cfg: TrainerConfig) -> int:
 
 def build_strategy(cfg: TrainerConfig, find_unused_parameters: bool = False):
     if cfg.strategy == "fsdp":
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
         # FSDP2 through Lightning: every rank is one data-parallel shard (no tensor parallelism); checkpoints are
         # saved sharded (a directory of .distcp files per checkpoint), which gptframe-export consolidates
-        return ModelParallelStrategy(
+        from gptframe.training.checkpoint_io import SafeModelParallelStrategy  # trust: atomic sharded checkpoints
+
+        return SafeModelParallelStrategy(
             data_parallel_size=world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=True
         )
     if cfg.strategy == "ddp":
@@ -116,7 +117,7 @@ def build_trainer(
     ckpt_dir = run_dir / "checkpoints"
     history = MetricsHistory(cfg.log_every_n_steps)
     throughput = ThroughputMonitor(cfg.log_every_n_steps)
-    best = ModelCheckpoint(
+    best = KeepBestCheckpoint(  # trust: a ModelCheckpoint that also removes best-* files orphaned by a kill
         dirpath=ckpt_dir,
         filename="best-step{step:06d}",
         monitor=monitor[0],
@@ -125,19 +126,13 @@ def build_trainer(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks: list[L.Callback] = [history, throughput, best, *(extra_callbacks or [])]
+    guard = NonFiniteGuard(cfg.nonfinite_policy, cfg.nonfinite_max_skips)  # trust: NaN/inf never reach the weights
+    callbacks: list[L.Callback] = [history, throughput, best, guard, *(extra_callbacks or [])]
     if RequeueOnSignal.wanted():  # SLURM: checkpoint at a step boundary on SIGUSR1, exit 75 for the script's requeue
         callbacks.append(RequeueOnSignal(ckpt_dir))
     if cfg.checkpoint_every_n_steps:
-        callbacks.append(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="step{step:06d}",
-                every_n_train_steps=cfg.checkpoint_every_n_steps,
-                save_top_k=-1,
-                auto_insert_metric_name=False,
-            )
-        )
+        # trust: the newest N stay (trainer.keep_last_checkpoints); older ones go once a newer one is published
+        callbacks.append(KeepLastCheckpoints(ckpt_dir, cfg.checkpoint_every_n_steps, cfg.keep_last_checkpoints))
     if cfg.enable_progress_bar:
         callbacks.append(StepProgressBar(refresh_rate=max(1, cfg.log_every_n_steps // 2)))
     if torch.cuda.is_available():
@@ -160,8 +155,9 @@ def build_trainer(
         use_distributed_sampler=False,  # our samplers are rank-aware and resumable
         logger=logger if logger is not None else False,
         callbacks=callbacks,
+        plugins=[SafeCheckpointIO()],  # trust: atomic, durable, finite-only writes; weights_only reads
         # not the checkpoint dir: under SLURM, Lightning itself would load an hpc_ckpt_N.ckpt found in
-        # default_root_dir before validate; gptframe picks the checkpoint to resume from (run.resolve_resume)
+        # default_root_dir before validate; gptframe picks the checkpoint to resume from (resume.resolve_resume)
         default_root_dir=run_dir,
         enable_model_summary=False,
         enable_progress_bar=cfg.enable_progress_bar,

@@ -16,7 +16,7 @@ from gptframe.errors import ConfigError
 from gptframe.models.bert import BertConfig, BertForPreTraining
 from gptframe.models.gpt import GPT, GPTConfig
 from gptframe.training.parallelize import parallelize, transformer_blocks
-from gptframe.training.run import resolve_resume
+from gptframe.training.resume import resolve_resume
 from gptframe.training.trainer import resolve_topology, world_size
 
 LAUNCH_VARS = ("SLURM_NTASKS", "SLURM_NNODES", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME", "LOCAL_WORLD_SIZE",
@@ -124,7 +124,8 @@ def test_every_world_size_draws_the_single_process_examples():
 
 
 def _fake_checkpoint(path, step: int) -> None:
-    torch.save({"gptframe": {"task": "clm", "model_config": {}}, "state_dict": {}, "global_step": step}, path)
+    torch.save({"gptframe": {"task": "clm", "model_config": {}, "tokenizer_files": {}}, "state_dict": {}, "global_step": step},
+               path)
 
 
 def test_resume_auto_picks_the_most_advanced_checkpoint(tmp_path):

@@ -81,9 +81,9 @@ def test_feature_extraction_on_real_minilm_matches_transformers(tmp_path):
 
 def test_pipelines_refuse_models_that_cannot_do_the_task(tmp_path):
     path = _bert_dir(tmp_path, transformers.BertForMaskedLM)
-    with pytest.raises(CheckpointError, match="text-classification needs a classification model.*BERT mlm"):
+    with pytest.raises(CheckpointError, match="text-classification needs a model trained for task=classification.*BERT mlm"):
         gptframe.pipeline("text-classification", model=path)
-    with pytest.raises(CheckpointError, match="text-generation needs a decoder clm model"):
+    with pytest.raises(CheckpointError, match="text-generation needs a decoder model trained for task=clm"):
         gptframe.pipeline("text-generation", model=path)
     with pytest.raises(ValueError, match="unknown pipeline task"):
         gptframe.pipeline("summarization", model=path)
