@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import MeanMetric
 
 from data_pipelines.datasets import IGNORE_INDEX
 from gptframe.config import CausalLMTaskConfig
@@ -15,28 +14,38 @@ class CausalLMTask(TrainingTask):
     name = "clm"
     config_class = CausalLMTaskConfig
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.val_loss = MeanMetric()
-
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        logits = self.model(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
-
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        x, y = batch[0], batch[1]
+        logits = self.model(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.reshape(-1))
         self._log_train(loss)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        # per source (validation batches carry their source's index): summed token losses and token counts
+        names = getattr(self.trainer.datamodule, "source_names", None) or ["data"]
+        self._val_sums = torch.zeros(2, len(names), dtype=torch.float64, device=self.device)
+
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss = self._loss(batch)  # every rank runs every batch (sharded models gather weights in forward)
-        counted = int((batch[1] != IGNORE_INDEX).sum())  # padding that evens out the ranks' shares counts for nothing
-        if counted:
-            self.val_loss.update(loss, weight=counted)
+        x, y = batch[0], batch[1]  # every rank runs every batch (sharded models gather weights in forward)
+        source = batch[2] if len(batch) > 2 else torch.zeros(len(x), dtype=torch.long, device=x.device)
+        logits = self.model(x)
+        # padding rows (IGNORE_INDEX labels, evening out the ranks' shares) add nothing to the sums
+        token_loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none")
+        self._val_sums[0].index_add_(0, source, token_loss.view(y.shape).sum(1).double())
+        self._val_sums[1].index_add_(0, source, (y != IGNORE_INDEX).sum(1).double())
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # synced across ranks by torchmetrics, weighted by tokens
-        self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/perplexity", torch.exp(loss))
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")  # over ranks
+        per_source = sums[0] / sums[1].clamp(min=1)
+        datamodule = self.trainer.datamodule
+        names = getattr(datamodule, "source_names", None) or ["data"]
+        weights = torch.tensor(getattr(datamodule, "source_weights", None) or [1.0], dtype=torch.float64,
+                               device=per_source.device)
+        # a mixture's val loss: the per-source losses weighted as training draws them; one source: its loss
+        loss = (per_source * weights).sum() / weights.sum()
+        self.log("val/loss", loss.float(), prog_bar=True)
+        self.log("val/perplexity", torch.exp(loss).float())
+        if len(names) > 1:
+            for name, value in zip(names, per_source, strict=True):
+                self.log(f"val/loss_{name}", value.float())

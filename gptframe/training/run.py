@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipelines.classification import EncodedExamples, encode_examples, label_ids, label_names, read_labeled
 from data_pipelines.datamodule import CausalLMDataModule, ClassificationDataModule, MaskedLMDataModule
 from data_pipelines.mlm import MaskedLMExamples, MaskingConfig, SeqLenWarmup, SpecialIds, word_continuation_table
-from data_pipelines.prepare import build_tokenizer, prepare
+from data_pipelines.prepare import build_tokenizer, prepare_sources
 from data_pipelines.sources import open_corpus
 from data_pipelines.tokenizers import Tokenizer, tokenizer_from_files
 from gptframe.config import TrainConfig, split_model_schema
@@ -175,7 +175,8 @@ def _tokenizer_for_labeled_data(cfg: TrainConfig) -> Tokenizer:
 
 
 def build_lm_data(cfg: TrainConfig, tokenizer: Tokenizer | None, model_cfg: ModelConfig):
-    tokenizer, prepared = prepare(cfg.data, cfg.tokenizer, tokenizer)
+    tokenizer, sources = prepare_sources(cfg.data, cfg.tokenizer, tokenizer)
+    prepared = sources[0].data  # a mixture's first source: what the log line and the summary's "data" name
     model_cfg = resolve_model_config(model_cfg, tokenizer)
     if cfg.task.name == "clm":
         block_size = cfg.data.block_size or model_cfg.block_size
@@ -184,10 +185,12 @@ def build_lm_data(cfg: TrainConfig, tokenizer: Tokenizer | None, model_cfg: Mode
                 f"data.block_size={block_size} exceeds the model's context model.block_size={model_cfg.block_size}"
             )
         datamodule = CausalLMDataModule(
-            prepared, block_size=block_size, batch_size=cfg.data.batch_size, seed=cfg.seed,
+            sources, block_size=block_size, batch_size=cfg.data.batch_size, seed=cfg.seed,
             eval_batches=cfg.trainer.eval_batches, num_workers=cfg.data.num_workers,
         )
         return tokenizer, model_cfg, datamodule, prepared, block_size
+    if len(sources) > 1:
+        raise ConfigError(f"data.sources: task={cfg.task.name} reads one corpus; mixtures are for task=clm")
     t = cfg.task
     max_seq_len = t.max_seq_len or model_cfg.max_position_embeddings
     if max_seq_len > model_cfg.max_position_embeddings:
@@ -311,6 +314,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         "train_loss": history[-1][1] if history else None,
         "val_loss": final["val/loss"],
         **_task_metrics(task_name, final),
+        **{k.replace("/", "_"): v for k, v in final.items() if k.startswith("val/loss_")},  # per source
         f"best_{task_cls.monitor[0].replace('/', '_')}": float(best.best_model_score)
         if best.best_model_score is not None
         else None,
@@ -331,6 +335,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         "data": str(prepared.directory) if prepared is not None else [cfg.data.train_path, cfg.data.val_path],
         "labels": labels,
         "init_from": source.init_from,
+        # mixtures: per source, its weight, the tokens and epochs of it the run saw, its prepared data
+        "data_sources": datamodule.source_summary(trainer.global_step) if hasattr(datamodule, "source_summary") else None,
     }
     if trainer.is_global_zero:
         tmp = run_dir / (SUMMARY_FILE + ".tmp")
