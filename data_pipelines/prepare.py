@@ -310,6 +310,7 @@ class _ShardPlan:
         """Tokenize this rank's shards that are not done yet; every rank walks the units (cheap) to number them."""
         self.parts.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
+        written = 0
         for split in SPLITS:
             counted = {"units": 0}
             writer = _ShardWriter(self)
@@ -317,9 +318,10 @@ class _ShardPlan:
             for shard, _, ids in _encoded_units(mine, self.tokenizer, self.add_eos, self.dtype, num_proc):
                 writer.add(split, shard, ids)
             writer.close()
+            written += writer.shards_written
             shards = -(-counted["units"] // self.shard_units)
             _write_atomic(self._count_file(split), str(shards))  # every rank computes the same number
-        log.info("data: rank %d/%d tokenized its shards of %s in %.1fs (%d processes)", rank, world_size,
+        log.info("data: rank %d/%d tokenized %d shard(s) of %s in %.1fs (%d processes)", rank, world_size, written,
                  self.corpus.description, time.perf_counter() - t0, num_proc)
 
     def _assigned_units(self, split: str, rank: int, world_size: int, counted: dict) -> Iterator[tuple[int, list]]:
@@ -410,6 +412,7 @@ class _ShardWriter:
         self.plan = plan
         self.key: tuple[str, int] | None = None
         self.file = None
+        self.shards_written = 0
 
     def add(self, split: str, shard: int, ids: np.ndarray) -> None:
         if self.key != (split, shard):
@@ -432,6 +435,7 @@ class _ShardWriter:
         self.tmp.replace(path)
         record = {"tokens": self.tokens, "bytes": path.stat().st_size, "sha256": self.hash.hexdigest()}
         _write_atomic(path.with_suffix(".json"), json.dumps(record))
+        self.shards_written += 1
 
 
 def _write_atomic(path: Path, text: str) -> None:
