@@ -101,6 +101,9 @@ def open_corpus(
     `split` and `streaming` apply to hub datasets (hf://...) only."""
     if is_hub_path(path):
         return _open_hub(path, split, text_column, streaming)
+    if split != "train":
+        raise DataError(f"split={split!r} applies to hub datasets (hf://...) only; {path} is read whole and cut into "
+                        "train/val by data.val_fraction")
     files, detected = _resolve(path, format)
     if detected == "text":
         return _open_text(path, files)

@@ -145,3 +145,11 @@ def test_a_missing_text_column_names_its_source(tmp_path):
     with pytest.raises(DataError, match=r"data source 'forum': .*no column 'text'"):
         prepare_sources(data, CHAR)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.bin"))
+
+
+def test_a_split_on_a_local_source_is_refused_naming_it(tmp_path, small_corpus):
+    data = DataConfig(sources=[SourceConfig(name="books", path=str(small_corpus), split="validation")],
+                      cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataError, match=r"data source 'books': split='validation' applies to hub datasets"):
+        prepare_sources(data, CHAR)
+    assert not (tmp_path / "cache").exists()
