@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +144,27 @@ def test_offline_cli_prepares_a_local_repository_and_rejects_an_unknown_hub_name
     assert missing.returncode == 2, missing.stderr[-3000:]
     err = missing.stderr.strip().splitlines()[-1]
     assert err.startswith("gptframe-prepare: error: data source 'web': cannot resolve hf://nobody/not-cached offline")
+
+
+@pytest.mark.slow
+def test_offline_with_a_populated_cache_needs_no_local_repository(hub_repos, tmp_path):
+    """What a connected machine leaves behind: `datasets`' Arrow cache of acme/corpus (here written from the local
+    repository, under the folder name datasets gives a hub dataset, `acme___corpus`). Offline, with no mapping to the
+    repository, hf://acme/corpus/en loads from that cache alone and gives the same tokens."""
+    import datasets
+
+    repo, _ = hub_repos
+    cache = tmp_path / "hf_datasets"
+    datasets.load_dataset(str(repo), "en", split="train", cache_dir=str(cache))
+    (cache / repo.name).rename(cache / "acme___corpus")
+    args = ["data.path=hf://acme/corpus/en", "data.text_column=content"]
+    env = {"HF_DATASETS_CACHE": str(cache), LOCAL_REPOS_ENV: str(tmp_path / "nowhere")}
+    res = _prepare_cli(tmp_path, *args, env_extra=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    offline = json.loads(res.stdout)
+    online = _prepare_cli(tmp_path / "online", *args, env_extra={"HF_DATASETS_CACHE": str(tmp_path / "other")})
+    assert online.returncode == 0, online.stderr[-3000:]
+    reference = json.loads(online.stdout)
+    assert offline["num_tokens"] == reference["num_tokens"] and offline["num_documents"]["train"] > 300
+    for split in ("train", "val"):
+        assert (Path(offline["data"]) / f"{split}.bin").read_bytes() == (Path(reference["data"]) / f"{split}.bin").read_bytes()
