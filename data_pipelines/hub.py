@@ -53,7 +53,8 @@ class HubDataset:
 
     def fingerprint(self, text_column: str) -> str:
         """From the resolved data files of the split: hub URLs carry the commit they resolved to; local files (a local
-        repository, or the Hub's cache) add their size and modification time. No row is read."""
+        repository, or the Hub's cache) add their size and modification time; offline, a dataset found in the
+        `datasets` cache has no files but the hash of the version cached. No row is read."""
         import datasets
 
         try:
