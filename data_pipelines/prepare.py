@@ -315,14 +315,24 @@ class _ShardPlan:
             counted = {"units": 0}
             writer = _ShardWriter(self)
             mine = self._assigned_units(split, rank, world_size, counted)
-            for shard, _, ids in _encoded_units(mine, self.tokenizer, self.add_eos, self.dtype, num_proc):
-                writer.add(split, shard, ids)
+            with self._progress(split, world_size) as bar:
+                for shard, unit, ids in _encoded_units(mine, self.tokenizer, self.add_eos, self.dtype, num_proc):
+                    writer.add(split, shard, ids)
+                    bar.update(sum(len(text) for text, _ in unit))
             writer.close()
             written += writer.shards_written
             shards = -(-counted["units"] // self.shard_units)
             _write_atomic(self._count_file(split), str(shards))  # every rank computes the same number
         log.info("data: rank %d/%d tokenized %d shard(s) of %s in %.1fs (%d processes)", rank, world_size, written,
                  self.corpus.description, time.perf_counter() - t0, num_proc)
+
+    def _progress(self, split: str, world_size: int):
+        """A progress bar (characters) for splits of at least PROGRESS_MIN_CHARS; a rank's share has no known total."""
+        from tqdm.auto import tqdm
+
+        chars = self.corpus.split_chars(self.splits[split])
+        return tqdm(total=chars if world_size == 1 else None, unit="char", unit_scale=True, desc=f"tokenize {split}",
+                    disable=chars is None or chars < PROGRESS_MIN_CHARS, mininterval=2.0)
 
     def _assigned_units(self, split: str, rank: int, world_size: int, counted: dict) -> Iterator[tuple[int, list]]:
         """(shard, unit) for this rank's shards not done yet; counts all units of the split into `counted`."""
@@ -402,6 +412,7 @@ class _ShardPlan:
 
 
 _COPY_BYTES = 16 << 20
+PROGRESS_MIN_CHARS = 20_000_000  # show a progress bar for splits at least this large
 
 
 class _ShardWriter:
