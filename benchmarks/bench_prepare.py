@@ -1,52 +1,36 @@
-"""Data-preparation throughput and peak memory: SentencePiece (vocab 2048) on Tiny Shakespeare repeated to 10 / 100 MB.
+"""Data preparation at scale: peak memory per process as the corpus grows, throughput against the raw tokenizer, and
+the share of training step time spent waiting on batches.
 
-For each corpus size the script writes `data_pipelines.TINY_SHAKESPEARE` repeated to at least that many MiB into a
-temporary file (one document, so the split is nanoGPT's contiguous 90/10), then runs the real preparation,
+Corpus: distinct text synthesised from the shared corpora (`/work/shared/data`: Tiny Shakespeare, the C4 and Wikipedia
+samples, the Alpaca records): their sentences, shuffled into paragraphs of 6-18 random sentences, one paragraph per
+line, written as 100 MB files (`part-NNNN.txt`). With ~40k distinct sentences a paragraph repeats with negligible
+probability. A corpus of size S is the first S/100MB files (a directory of symlinks), so the 0.2 GB corpus is a prefix
+of the 2 GB one. The files are written under --tmp and removed at the end (never commit them).
 
-    data_pipelines.prepare.prepare(DataConfig(path=<corpus>, cache_dir=<fresh tmp dir>, num_proc=2),
-                                   TokenizerConfig(kind="sentencepiece", vocab_size=2048))
+For each size, in a fresh subprocess (its peak RSS its own; the driver imports no torch) with a fresh cache dir:
 
-in a fresh subprocess (this script with `--worker`), so that peak RSS belongs to that run alone, with a fresh cache dir
-so that nothing is reused. Then it runs the same preparation again in another fresh subprocess against the same cache
-dir: that one must be a cache hit (the log says "reusing"); its time is the cost of re-validating and fingerprinting
-the corpus, which every run pays.
+* **gptframe**: `data_pipelines.prepare.prepare(DataConfig(path=<dir>, num_proc=P), TokenizerConfig(path=<spm>))`:
+  validation (UTF-8 + content hash), tokenization into shards by P worker processes, concatenation and index.
+  SentencePiece (BPE, vocab 2048) is trained once beforehand on the 0.2 GB corpus and loaded by path, so every size
+  measures the same work per byte (training samples at most 2M lines whatever the corpus size).
+* **raw**: the same SentencePiece model's `encode` on the same text with the same P worker processes: the parent reads
+  the files in ~1M-character pieces cut at line ends and a `multiprocessing.Pool(P)` encodes them (`imap`, in order),
+  returning only the token count. Nothing is validated, hashed or written.
+* peak RSS: `getrusage(RUSAGE_SELF)` of the preparing process and `getrusage(RUSAGE_CHILDREN)` (the largest worker).
 
-Reported per size (first run):
+Dataloader wait (`--loader-steps`, default 200): `gptframe-train`'s code path (`run_training`) on `conf/data/mix_demo`'s
+three sources, the default model (gpt_micro) and data.num_workers at its default (0), timing every fetch of a training
+batch (sampler + dataset) against the wall time of `trainer.fit`.
 
-* wall seconds of `prepare()` in total, and of its three steps (timed by wrapping the module-level functions that
-  `prepare()` calls; the calls themselves are unchanged):
-  - validate: `open_corpus`, the streaming pass that checks UTF-8 and hashes the corpus,
-  - spm train: `build_tokenizer`, SentencePiece training + saving (it samples at most `tokenizer.max_training_lines`
-    = 2M lines; the log's 'tokenizer: trained ... in X s' is kept in the JSON as `spm_train_s_logged`),
-  - tokenize: `prepare_dataset`, encoding both splits with `num_proc` worker processes and writing the shards
-    (index.json's `prepare_seconds` is the same minus the pool start-up and the index);
-* MB/s of the whole preparation and of the tokenize step (corpus MB / seconds; 1 MB = 10^6 bytes);
-* peak RSS in MB: `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the preparing process and `RUSAGE_CHILDREN` (the
-  largest of its tokenizer worker processes), and the process's own peak per step (VmHWM from /proc/self/status,
-  reset with `echo 5 > /proc/self/clear_refs` before each step, Linux). A forked worker's RSS counts the pages it
-  shares copy-on-write with the parent, so self + workers overstates the memory in use. The driver process stays
-  small (no torch import) because Linux carries a parent's RSS at fork/exec into the child's ru_maxrss;
-* tokens produced (train + val), and the cache-hit run's seconds.
+Usage (from the repository root; the CPU is shared, so run it when the machine is quiet and say so in RESULTS.md)::
 
-Caveat of a repeated corpus: SentencePiece counts identical sentences once (with their frequency), so its training
-cost on Tiny Shakespeare x95 is close to that on one copy plus reading the sampled lines; a real 100 MB corpus of
-distinct text trains much more slowly. Validation and tokenization costs do scale with the bytes.
-
-Tokenizing memory should stay flat in corpus size (pieces of ~1M characters, a bounded window of pending work units);
-SentencePiece training memory grows with the number of sampled lines up to its 2M-line cap.
-
-Usage (from the repository root)::
-
-    .venv/bin/python benchmarks/bench_prepare.py                           # 10 and 100 MiB corpora
-    .venv/bin/python benchmarks/bench_prepare.py --sizes-mib 10 100 --num-proc 2 --out /tmp/prepare.json
+    .venv/bin/python benchmarks/bench_prepare.py --sizes-gb 0.2 2 --num-proc 2 --out benchmarks/results/prepare_scale.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import math
 import os
 import re
 import resource
@@ -60,242 +44,278 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _machine import CpuWatch, machine_info, wait_until_idle, write_report  # noqa: E402
 
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's RSS high-water mark (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+SHARED = Path(os.environ.get("GPTFRAME_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+FILE_BYTES = 100_000_000
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
-def _proc_status_mb(key: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
+# ---- corpus -------------------------------------------------------------------------------------------------------
+def shared_sentences() -> list[str]:
+    texts = [(SHARED / "tinyshakespeare.txt").read_text(encoding="utf-8")]
+    mix = SHARED / "pretrain_mix"
+    texts.append((mix / "wiki_demo.txt").read_text(encoding="utf-8"))
+    texts += [json.loads(line)["text"] for line in (mix / "c4_demo.jsonl").read_text(encoding="utf-8").splitlines()]
+    alpaca = SHARED / "sft" / "alpaca_en_demo.json"
+    if alpaca.exists():
+        texts += [" ".join(r.values()) for r in json.loads(alpaca.read_text(encoding="utf-8"))]
+    sentences = {s.strip() for t in texts for s in _SENTENCE_END.split(t.replace("\n", " ")) if len(s.strip()) > 15}
+    return sorted(sentences)
 
 
-def _vm_hwm_mb() -> float | None:
-    """Peak RSS of this process's address space since start (or the last reset), from /proc/self/status."""
-    return _proc_status_mb("VmHWM")
+def write_corpus(directory: Path, total_bytes: int, seed: int = 0) -> list[Path]:
+    import numpy as np
+
+    sentences = shared_sentences()
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(-(-total_bytes // FILE_BYTES)):
+        path = directory / f"part-{i:04d}.txt"
+        written = 0
+        with open(path, "w", encoding="utf-8") as f:
+            while written < FILE_BYTES:
+                lengths = rng.integers(6, 19, size=2000)
+                picks = rng.integers(0, len(sentences), size=int(lengths.sum()))
+                lines, start = [], 0
+                for n in lengths:
+                    lines.append(" ".join(sentences[j] for j in picks[start : start + n]))
+                    start += n
+                block = "\n".join(lines) + "\n"
+                f.write(block)
+                written += len(block.encode("utf-8"))
+        files.append(path)
+    return files
 
 
+def corpus_of(files: list[Path], size_bytes: int, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for f in files[: max(1, round(size_bytes / FILE_BYTES))]:
+        (directory / f.name).symlink_to(f)
+    return directory
+
+
+# ---- workers (fresh subprocesses) ---------------------------------------------------------------------------------
 def _maxrss_mb(who: int) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
+    return resource.getrusage(who).ru_maxrss / 1024
 
 
-class _Phases:
-    """Wraps the three steps prepare() calls (module globals of data_pipelines.prepare) to time them and take the peak
-    RSS of each, resetting the high-water mark between them. Instrumentation only: the calls are unchanged."""
+def worker_train_tokenizer(corpus: str, out: str, vocab_size: int) -> dict:
+    from data_pipelines.config import TokenizerConfig
+    from data_pipelines.prepare import build_tokenizer
+    from data_pipelines.sources import open_corpus
 
-    def __init__(self, module):
-        self.seconds: dict[str, float] = {}
-        self.peak_mb: dict[str, float | None] = {}
-        self.start_mb: dict[str, float | None] = {}
-        self.ru_maxrss_mb = 0.0  # the process's lifetime ru_maxrss: the resets lower it, so take it before each
-        self.reset_ok = True
-        for phase, name in (("validate", "open_corpus"), ("tokenizer", "build_tokenizer"), ("tokenize", "prepare_dataset")):
-            setattr(module, name, self._wrap(phase, getattr(module, name)))
-
-    def _wrap(self, phase: str, fn):
-        def timed(*args, **kwargs):
-            self.ru_maxrss_mb = max(self.ru_maxrss_mb, _maxrss_mb(resource.RUSAGE_SELF))
-            self.reset_ok &= _reset_peak_rss()
-            self.start_mb[phase] = _proc_status_mb("VmRSS")
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[phase] = time.perf_counter() - t0
-                self.peak_mb[phase] = _vm_hwm_mb()
-                self.ru_maxrss_mb = max(self.ru_maxrss_mb, _maxrss_mb(resource.RUSAGE_SELF))
-
-        return timed
+    c = open_corpus(corpus)
+    t0 = time.perf_counter()
+    tok = build_tokenizer(TokenizerConfig(kind="sentencepiece", vocab_size=vocab_size), c, c.split(0.1, 1337),
+                          Path(out), {"val_fraction": 0.1, "seed": 1337})
+    shutil.copytree(next(d for d in Path(out, "tokenizers").iterdir() if d.is_dir()), Path(out, "spm"))
+    return {"train_s": time.perf_counter() - t0, "tokenizer": tok.identity()}
 
 
-class _LogRecords(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def worker(corpus: str, cache_dir: str, num_proc: int, vocab_size: int) -> dict:
-    import data_pipelines.prepare as prepare_module
+def worker_prepare(corpus: str, cache_dir: str, num_proc: int, tokenizer: str) -> dict:
+    import data_pipelines.prepare as prep
     from data_pipelines.config import DataConfig, TokenizerConfig
 
-    records = _LogRecords()
-    pkg_log = logging.getLogger("data_pipelines")
-    pkg_log.setLevel(logging.INFO)
-    pkg_log.addHandler(records)
-    phases = _Phases(prepare_module)
-    rss_after_imports_mb = _vm_hwm_mb()
+    seconds: dict[str, float] = {}
+    for phase, name in (("validate", "open_corpus"), ("tokenize", "prepare_dataset")):
+        fn = getattr(prep, name)
 
+        def timed(*a, _fn=fn, _phase=phase, **kw):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **kw)
+            finally:
+                seconds[_phase] = seconds.get(_phase, 0.0) + time.perf_counter() - t0
+
+        setattr(prep, name, timed)
     t0 = time.perf_counter()
-    tokenizer, prepared = prepare_module.prepare(
-        DataConfig(path=corpus, cache_dir=cache_dir, num_proc=num_proc),
-        TokenizerConfig(kind="sentencepiece", vocab_size=vocab_size),
-    )
-    total = time.perf_counter() - t0
-
-    trained = next((m for m in records.messages if m.startswith("tokenizer: trained")), None)
-    match = re.search(r" in ([0-9.]+)s -> ", trained or "")
-    peaks = [v for v in phases.peak_mb.values() if v is not None]
+    _, prepared = prep.prepare(DataConfig(path=corpus, cache_dir=cache_dir, num_proc=num_proc),
+                               TokenizerConfig(kind="sentencepiece", path=tokenizer))
     return {
-        "corpus_bytes": os.path.getsize(corpus),
-        "total_s": total,
-        "validate_s": phases.seconds.get("validate"),
-        "tokenizer_s": phases.seconds.get("tokenizer"),  # training + saving (or loading, on a cache hit)
-        "spm_train_s_logged": float(match.group(1)) if match else None,
-        "tokenize_s": phases.seconds.get("tokenize"),  # encode + write the shards (or load the index)
-        "index_prepare_seconds": prepared.index.get("prepare_seconds"),
-        "cache_hit": trained is None and any("reusing prepared shards" in m for m in records.messages),
-        "num_proc": num_proc,
-        "tokenizer": tokenizer.identity(),
-        "num_tokens": prepared.index["num_tokens"],
+        "total_s": time.perf_counter() - t0,
+        **{f"{k}_s": v for k, v in seconds.items()},
         "tokens": sum(prepared.index["num_tokens"].values()),
-        # what the brief asks for: getrusage high-water marks (KiB -> MiB)
-        "ru_maxrss_self_mb": max(phases.ru_maxrss_mb, _maxrss_mb(resource.RUSAGE_SELF)),
-        "ru_maxrss_children_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
-        # per phase, from VmHWM with resets in between (exact for this process's own address space)
-        "rss_after_imports_mb": rss_after_imports_mb,
-        "peak_rss_phase_mb": phases.peak_mb if phases.reset_ok else None,
-        "rss_phase_start_mb": phases.start_mb,
-        "peak_rss_self_mb": max(peaks + [rss_after_imports_mb or 0]) if phases.reset_ok else _vm_hwm_mb(),
-        "log": records.messages,
+        "rss_self_mb": _maxrss_mb(resource.RUSAGE_SELF),
+        "rss_largest_worker_mb": _maxrss_mb(resource.RUSAGE_CHILDREN),
     }
 
 
-def run_worker(corpus: Path, cache_dir: Path, num_proc: int, vocab_size: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--corpus", str(corpus), "--cache-dir", str(cache_dir)]
-    cmd += ["--num-proc", str(num_proc), "--vocab-size", str(vocab_size)]
+_sp = None
+
+
+def _raw_init(model: str) -> None:
+    global _sp
+    import sentencepiece as spm
+
+    _sp = spm.SentencePieceProcessor(model_file=model)
+
+
+def _raw_encode(text: str) -> int:
+    return len(_sp.encode(text))  # one ~1M-character piece per call, as gptframe's workers encode them
+
+
+def _pieces(files: list[Path], chars: int = 1 << 20):
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            while text := f.read(chars):
+                yield text + f.readline()
+
+
+def worker_raw(corpus: str, num_proc: int, tokenizer: str) -> dict:
+    import multiprocessing as mp
+
+    model = next(Path(tokenizer).glob("*.model"))
+    files = sorted(Path(corpus).iterdir())
     t0 = time.perf_counter()
+    with mp.get_context("fork").Pool(num_proc, initializer=_raw_init, initargs=(str(model),)) as pool:
+        tokens = sum(pool.imap(_raw_encode, _pieces(files)))
+    return {"total_s": time.perf_counter() - t0, "tokens": tokens, "rss_self_mb": _maxrss_mb(resource.RUSAGE_SELF),
+            "rss_largest_worker_mb": _maxrss_mb(resource.RUSAGE_CHILDREN)}
+
+
+def worker_loader(steps: int, cache_dir: str) -> dict:
+    """Share of `trainer.fit` wall time spent fetching training batches (num_workers at its default)."""
+    import lightning as L
+    from hydra import compose, initialize_config_dir
+
+    from data_pipelines.datasets import MixtureBlockDataset
+    from data_pipelines.mixture import MixtureBlockSampler
+    from gptframe.cli.common import config_dir
+    from gptframe.config import register_configs, to_typed
+    from gptframe.training.run import run_training
+
+    waits: list[float] = []
+    fit_s: list[float] = []
+    get, it = MixtureBlockDataset.__getitem__, MixtureBlockSampler.__iter__
+
+    def timed_get(self, batch):
+        t0 = time.perf_counter()
+        try:
+            return get(self, batch)
+        finally:
+            if len(batch) == 2:  # training batches (evaluation ones carry a source index too)
+                waits.append(time.perf_counter() - t0)
+
+    def timed_iter(self):
+        inner = it(self)
+        while True:
+            t0 = time.perf_counter()
+            item = next(inner)
+            waits.append(time.perf_counter() - t0)
+            yield item
+
+    fit = L.Trainer.fit
+
+    def timed_fit(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fit(self, *a, **kw)
+        finally:
+            fit_s.append(time.perf_counter() - t0)
+
+    MixtureBlockDataset.__getitem__, MixtureBlockSampler.__iter__, L.Trainer.fit = timed_get, timed_iter, timed_fit
+    mix = Path(__file__).resolve().parents[1] / "conf" / "data" / "mix_demo.yaml"
+    overrides = ["data=mix_demo", f"data.cache_dir={cache_dir}", f"trainer.max_steps={steps}",
+                 f"trainer.val_check_interval={steps}", "trainer.eval_batches=1", "trainer.final_eval_batches=1",
+                 "trainer.enable_progress_bar=false", "logger=csv", "trainer.accelerator=cpu"]
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    typed = to_typed(cfg)
+    with tempfile.TemporaryDirectory() as run_dir:
+        summary = run_training(typed, Path(run_dir), cfg)
+    return {
+        "steps": steps, "fit_s": fit_s[0], "wait_s": sum(waits), "wait_share": sum(waits) / fit_s[0],
+        "num_workers": typed.data.num_workers, "batch_size": typed.data.batch_size, "block_size": 128,
+        "model": "gpt_micro", "tokens_per_s": summary["tokens_per_s"], "config": str(mix),
+        "data_sources": {k: {"weight": v["weight"], "epochs": v["epochs"]} for k, v in summary["data_sources"].items()},
+    }
+
+
+def run_worker(*args: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", *args]
     with CpuWatch() as watch:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
     if proc.returncode != 0:
-        raise RuntimeError(f"worker failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"worker {args[0]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["process_wall_s"] = time.perf_counter() - t0
     result.update(watch.summary())
     return result
 
 
-def build_corpus(path: Path, min_mib: float) -> int:
-    from data_pipelines import TINY_SHAKESPEARE
-
-    text = TINY_SHAKESPEARE.read_bytes()
-    copies = math.ceil(min_mib * 2**20 / len(text))
-    with open(path, "wb") as f:
-        for _ in range(copies):
-            f.write(text)
-    return copies
-
-
+# ---- driver -------------------------------------------------------------------------------------------------------
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes-mib", type=float, nargs="+", default=[10, 100], help="corpus sizes, at least (MiB)")
-    p.add_argument("--num-proc", type=int, default=2, help="tokenizer worker processes (data.num_proc, default 2)")
-    p.add_argument("--vocab-size", type=int, default=2048, help="SentencePiece vocabulary (default 2048)")
-    p.add_argument("--out", type=Path, default=None, help="write all figures as JSON here")
-    p.add_argument("--wait-idle", type=float, default=600, help="wait up to this long for other busy processes")
-    p.add_argument("--tmp", type=Path, default=None, help="parent dir for the corpora and caches (default: system tmp)")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--corpus", help=argparse.SUPPRESS)
-    p.add_argument("--cache-dir", help=argparse.SUPPRESS)
+    p.add_argument("--sizes-gb", type=float, nargs="+", default=[0.2, 2.0])
+    p.add_argument("--num-proc", type=int, default=2)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--loader-steps", type=int, default=200, help="0: skip the dataloader measurement")
+    p.add_argument("--tmp", type=Path, default=None, help="where the corpus and caches go (default: system tmp)")
+    p.add_argument("--wait-idle", type=float, default=120)
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.corpus, args.cache_dir, args.num_proc, args.vocab_size)))
+        kind, *rest = args.worker
+        fn = {"tokenizer": worker_train_tokenizer, "prepare": worker_prepare, "raw": worker_raw,
+              "loader": worker_loader}[kind]
+        typed = [int(r) if r.isdigit() else r for r in rest]
+        print(json.dumps(fn(*typed)))
         return
 
     info = machine_info()
-    print(
-        f"machine: {info['cpu']} | {info['cores']} cores | {info['mem_gb']} GB | python {info['python']} | "
-        f"torch {info.get('torch')}"
-    )
+    print(f"machine: {info['cpu']} | {info['cores']} cores | {info['mem_gb']} GB | python {info['python']}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="gptframe-bench-prepare-", dir=args.tmp))
-    results = []
-    t_start = time.perf_counter()
+    rows, t_start = [], time.perf_counter()
     try:
-        for size in args.sizes_mib:
-            corpus = tmp / f"tinyshakespeare_{size:g}MiB.txt"
-            copies = build_corpus(corpus, size)
-            cache_dir = tmp / f"cache_{size:g}MiB"  # fresh: nothing to reuse
-            waited, busy = wait_until_idle(args.wait_idle)
-            if busy:
-                print("WARNING: measuring although other processes are busy:\n  " + "\n  ".join(busy), flush=True)
-            first = run_worker(corpus, cache_dir, args.num_proc, args.vocab_size)
-            if first["cache_hit"]:
-                raise RuntimeError(f"the first run on a fresh cache dir reused something: {first['log']}")
-            second = run_worker(corpus, cache_dir, args.num_proc, args.vocab_size)
-            if not second["cache_hit"]:
-                raise RuntimeError(f"the second run was not a cache hit: {second['log']}")
-            mb = first["corpus_bytes"] / 1e6
-            row = {
-                "size_mib": size,
-                "copies": copies,
-                "corpus_mb": mb,
-                "first": first,
-                "cache_hit": second,
-                "mb_per_s": mb / first["total_s"],
-                "tokenize_mb_per_s": mb / first["tokenize_s"],
-                "waited_for_idle_s": round(waited, 1),
-            }
-            results.append(row)
-            ph = first["peak_rss_phase_mb"] or {}
-            print(
-                f"{mb:.1f} MB: {first['total_s']:.1f}s ({row['mb_per_s']:.2f} MB/s) | validate {first['validate_s']:.2f}s, "
-                f"tokenizer {first['tokenizer_s']:.2f}s, tokenize {first['tokenize_s']:.2f}s | ru_maxrss self "
-                f"{first['ru_maxrss_self_mb']:.0f} MB, children {first['ru_maxrss_children_mb']:.0f} MB | VmHWM by phase "
-                f"{ph} | {first['tokens']:,} tokens | cache hit {second['total_s']:.2f}s | other CPU "
-                f"{first['other_cpu_mean']:.2f}",
-                flush=True,
-            )
+        t0 = time.perf_counter()
+        files = write_corpus(tmp / "files", int(max(args.sizes_gb) * 1e9))
+        print(f"corpus: {len(files)} files of {FILE_BYTES / 1e6:.0f} MB in {time.perf_counter() - t0:.0f}s", flush=True)
+        smallest = corpus_of(files, int(min(args.sizes_gb) * 1e9), tmp / "tok_corpus")
+        tok = run_worker("tokenizer", str(smallest), str(tmp / "tok"), str(args.vocab_size))
+        print(f"tokenizer: trained in {tok['train_s']:.0f}s on {smallest}", flush=True)
+        spm_dir = str(tmp / "tok" / "spm")
+        for size in sorted(args.sizes_gb):
+            corpus = corpus_of(files, int(size * 1e9), tmp / f"corpus_{size:g}GB")
+            nbytes = sum(f.stat().st_size for f in corpus.iterdir())
+            row = {"size_gb": size, "bytes": nbytes}
+            for kind in ("raw", "gptframe"):  # side by side, each on a quiet machine if it can be had
+                waited, busy = wait_until_idle(args.wait_idle)
+                if kind == "raw":
+                    res = run_worker("raw", str(corpus), str(args.num_proc), spm_dir)
+                else:
+                    res = run_worker("prepare", str(corpus), str(tmp / f"cache_{size:g}"), str(args.num_proc), spm_dir)
+                    shutil.rmtree(tmp / f"cache_{size:g}", ignore_errors=True)
+                res["mb_per_s"] = nbytes / 1e6 / (res.get("tokenize_s") or res["total_s"])
+                res["busy_before"] = busy
+                row[kind] = res
+                print(f"{size:g} GB {kind}: {json.dumps(res)}", flush=True)
+            row["ratio"] = row["gptframe"]["mb_per_s"] / row["raw"]["mb_per_s"]
+            row["ratio_total"] = nbytes / row["gptframe"]["total_s"] / (nbytes / row["raw"]["total_s"])
+            rows.append(row)
+        loader = run_worker("loader", str(args.loader_steps), str(tmp / "loader_cache")) if args.loader_steps else None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+    print("\n| corpus GB | raw encode MB/s | gptframe tokenize MB/s | ratio | gptframe total MB/s (validate+tokenize+index) "
+          "| ratio total | peak RSS MB: preparing process / largest worker | raw: parent / worker | tokens |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    for r in rows:
+        g, raw = r["gptframe"], r["raw"]
+        print(f"| {r['bytes'] / 1e9:.2f} | {raw['mb_per_s']:.2f} | {g['mb_per_s']:.2f} | {r['ratio']:.2f} | "
+              f"{r['bytes'] / 1e6 / g['total_s']:.2f} | {r['ratio_total']:.2f} | {g['rss_self_mb']:.0f} / "
+              f"{g['rss_largest_worker_mb']:.0f} | {raw['rss_self_mb']:.0f} / {raw['rss_largest_worker_mb']:.0f} | "
+              f"{g['tokens']:,} |")
+    if loader:
+        print(f"\ndataloader wait: {loader['wait_share']:.2%} of fit time ({loader['wait_s']:.2f}s of "
+              f"{loader['fit_s']:.1f}s, {loader['steps']} steps, num_workers={loader['num_workers']})")
     total = time.perf_counter() - t_start
-
-    print()
-    head = (
-        f"{'corpus MB':>9} | {'total s':>7} | {'validate s':>10} | {'spm train s':>11} | {'tokenize s':>10} | "
-        f"{'MB/s':>5} | {'tok. MB/s':>9} | {'RSS self MB':>11} | {'RSS workers MB':>14} | {'self by phase MB':>16} | "
-        f"{'tokens':>11} | {'cache hit s':>11}"
-    )
-    print(head)
-    print("-" * len(head))
-    for row in results:
-        f, c = row["first"], row["cache_hit"]
-        ph = f["peak_rss_phase_mb"]
-        phases = "/".join(f"{ph[k]:.0f}" for k in ("validate", "tokenizer", "tokenize")) if ph else "n/a"
-        print(
-            f"{row['corpus_mb']:>9.1f} | {f['total_s']:>7.1f} | {f['validate_s']:>10.2f} | {f['tokenizer_s']:>11.2f} | "
-            f"{f['tokenize_s']:>10.2f} | {row['mb_per_s']:>5.2f} | {row['tokenize_mb_per_s']:>9.2f} | "
-            f"{f['ru_maxrss_self_mb']:>11.0f} | {f['ru_maxrss_children_mb']:>14.0f} | {phases:>16} | {f['tokens']:>11,} | "
-            f"{c['total_s']:>11.2f}"
-        )
-    print(
-        "\nRSS self / workers: getrusage(RUSAGE_SELF / RUSAGE_CHILDREN).ru_maxrss of the preparing process (workers: the "
-        "largest tokenizer worker);\nself by phase: its VmHWM during validate / tokenizer training / tokenizing, reset "
-        "between phases."
-    )
-    print(f"\nnum_proc={args.num_proc}, vocab {args.vocab_size}; benchmark took {total:.0f}s")
-
+    print(f"benchmark took {total:.0f}s")
     if args.out:
-        report = {
-            "machine": info,
-            "args": {"sizes_mib": args.sizes_mib, "num_proc": args.num_proc, "vocab_size": args.vocab_size},
-            "results": results,
-            "total_seconds": total,
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        write_report(args.out, report)
+        write_report(args.out, {"machine": info, "args": vars(args) | {"out": str(args.out), "tmp": str(args.tmp)},
+                                "results": rows, "loader": loader, "total_seconds": total,
+                                "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
 
 if __name__ == "__main__":

@@ -16,10 +16,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from data_pipelines.classification import EncodedExamples, EpochBatchSampler
-from data_pipelines.datasets import BlockDataset
+from data_pipelines.datasets import MixtureBlockDataset
 from data_pipelines.errors import DataError
+from data_pipelines.mixture import MixtureBlockSampler
 from data_pipelines.mlm import MaskedLMExamples
-from data_pipelines.prepare import PreparedData
+from data_pipelines.prepare import PreparedData, PreparedSource
 from data_pipelines.sampling import EvalBlockSampler, RandomBlockSampler, rank_share
 
 log = logging.getLogger(__name__)
@@ -72,11 +73,14 @@ class StreamDataModule(L.LightningDataModule):
 
 
 class CausalLMDataModule(StreamDataModule):
-    """Training: random blocks from a resumable sampler. Validation: fixed blocks (`eval_batches`, or all of them)."""
+    """Training: random blocks from a resumable sampler, each source in proportion to its weight. Validation: fixed
+    blocks of every source (`eval_batches` global batches of each, or all of them), batches tagged with their source.
+
+    `prepared` is one corpus (PreparedData) or the sources of a mixture (PreparedSource list)."""
 
     def __init__(
         self,
-        prepared: PreparedData,
+        prepared: PreparedData | list[PreparedSource],
         block_size: int,
         batch_size: int,
         seed: int,
@@ -84,42 +88,86 @@ class CausalLMDataModule(StreamDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        self.prepared = prepared
+        if isinstance(prepared, PreparedData):
+            prepared = [PreparedSource("data", 1.0, prepared, str(prepared.directory))]
+        self.sources = prepared
         self.block_size = block_size
         self.batch_size = batch_size
         self.seed = seed
         self.eval_batches = eval_batches  # None: the whole val split
         self.num_workers = num_workers
-        for split in ("train", "val"):
-            n = prepared.num_tokens(split)
-            if n <= block_size:
-                raise DataError(
-                    f"the {split} split has {n} tokens, fewer than one block of block_size+1={block_size + 1}; "
-                    "use more data, a larger data.val_fraction, or a smaller block size"
-                )
+        for source in self.sources:
+            for split in ("train", "val"):
+                n = source.data.num_tokens(split)
+                if n <= block_size:
+                    raise DataError(
+                        f"data source {source.name!r}: the {split} split has {n} tokens, fewer than one block of "
+                        f"block_size+1={block_size + 1}; use more data, a larger data.val_fraction, or a smaller "
+                        "block size"
+                    )
+
+    @property
+    def prepared(self) -> PreparedData:
+        """The first source's data (what W&B's sample table draws its prompts from)."""
+        return self.sources[0].data
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+    @property
+    def source_weights(self) -> list[float]:
+        return [s.weight for s in self.sources]
+
+    def _sampler(self, start_batch: int, rank: int = 0, world: int = 1) -> MixtureBlockSampler:
+        return MixtureBlockSampler(
+            [s.data.num_tokens("train") for s in self.sources], self.block_size, self.batch_size, self.seed,
+            self.source_weights, rank, world, start_batch,
+        )
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = RandomBlockSampler(
-            self.prepared.num_tokens("train"),
-            self.block_size,
-            self.batch_size,
-            self.seed,
-            rank,
-            world,
-            self._start_batch(),
-        )
-        return self._batch_loader(BlockDataset(self.prepared.tokens("train"), self.block_size), sampler)
+        dataset = MixtureBlockDataset([s.data.tokens("train") for s in self.sources], self.block_size)
+        return self._batch_loader(dataset, self._sampler(self._start_batch(), rank, world))
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         # eval_batches counts global batches, so every world size evaluates the same blocks
         max_blocks = None if self.eval_batches is None else self.eval_batches * self.batch_size * world
-        sampler = EvalBlockSampler(
-            self.prepared.num_tokens("val"), self.block_size, self.batch_size, max_blocks, rank, world,
-            with_index=True,  # keys mark the padding that evens out the ranks' shares
-        )
-        return self._batch_loader(BlockDataset(self.prepared.tokens("val"), self.block_size), sampler)
+        per_source = [
+            EvalBlockSampler(
+                s.data.num_tokens("val"), self.block_size, self.batch_size, max_blocks, rank, world,
+                with_index=True,  # keys mark the padding that evens out the ranks' shares
+            )
+            for s in self.sources
+        ]
+        batches = [(keys, offsets, i) for i, sampler in enumerate(per_source) for keys, offsets in sampler]
+        dataset = MixtureBlockDataset([s.data.tokens("val") for s in self.sources], self.block_size)
+        return self._batch_loader(dataset, batches)
+
+    def source_summary(self, global_step: int) -> dict[str, dict]:
+        """Per source: its weight, the training tokens it gave the first `global_step` optimizer steps, and how many
+        epochs of it that is (blocks are drawn at random offsets, so a source smaller than its share repeats)."""
+        accumulate = 1 if self.trainer is None else self.trainer.accumulate_grad_batches
+        world = self._rank_world()[1]
+        examples = global_step * accumulate * self.batch_size * world
+        counts = self._sampler(0).schedule.counts(examples)
+        return {
+            s.name: {
+                "weight": s.weight,
+                "tokens": int(n) * self.block_size,
+                "epochs": int(n) * self.block_size / s.data.num_tokens("train"),
+                "train_tokens": s.data.num_tokens("train"),
+                "data": str(s.data.directory),
+            }
+            for s, n in zip(self.sources, counts, strict=True)
+        }
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit" and self.trainer is not None and self.trainer.is_global_zero:
+            drawn = self.source_summary(self.trainer.global_step)
+            log.info("data: after %d steps, epochs of each source: %s", self.trainer.global_step,
+                     ", ".join(f"{name} {d['epochs']:.3f} ({d['tokens']:,} tokens)" for name, d in drawn.items()))
 
 
 class MaskedLMDataModule(StreamDataModule):

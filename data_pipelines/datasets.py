@@ -32,3 +32,22 @@ class BlockDataset(Dataset):
         if keys is not None:
             y[torch.as_tensor(keys) < 0] = IGNORE_INDEX
         return x, y
+
+
+class MixtureBlockDataset(Dataset):
+    """BlockDataset over several sources. Training batches are (sources, offsets) -> (x, y); evaluation batches are
+    (keys, offsets, source) -> (x, y, source ids), all rows from the one source, so a task can score each source."""
+
+    def __init__(self, sources: list[np.ndarray], block_size: int):
+        self.blocks = [BlockDataset(tokens, block_size) for tokens in sources]
+
+    def __getitem__(self, batch: tuple) -> tuple[torch.Tensor, ...]:
+        if len(batch) == 3:
+            keys, offsets, source = batch
+            x, y = self.blocks[source][(keys, offsets)]
+            return x, y, torch.full((len(offsets),), source, dtype=torch.long)
+        sources, offsets = batch
+        if len(set(sources)) == 1:  # one source (always, with a single corpus): one read, as BlockDataset
+            return self.blocks[sources[0]][offsets]
+        rows = [self.blocks[s][[o]] for s, o in zip(sources, offsets, strict=True)]
+        return torch.cat([x for x, _ in rows]), torch.cat([y for _, y in rows])

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from data_pipelines.errors import DataError
+from data_pipelines.hub import HubDataset, is_hub_path
 
 TEXT_CHUNK_CHARS = 1 << 20  # tokenization work unit; cut at line ends so tokens never straddle a cut
 _READ_BYTES = 4 << 20
@@ -43,6 +44,8 @@ class Corpus:
     doc_chars: list[int] = field(default_factory=list)  # text format: characters per document (file)
     num_documents: int = 0
     text_column: str = "text"
+    hub: HubDataset | None = None  # format "hf": the hub dataset (split included) the rows come from
+    streaming: bool = False
 
     @property
     def num_chars(self) -> int:
@@ -91,8 +94,16 @@ class Corpus:
                     yield line
 
 
-def open_corpus(path: str, format: str = "auto", text_column: str = "text") -> Corpus:
-    """Resolve `path`, validate every byte, and fingerprint the content. Raises DataError on bad input."""
+def open_corpus(
+    path: str, format: str = "auto", text_column: str = "text", split: str = "train", streaming: bool = False
+) -> Corpus:
+    """Resolve `path`, validate every byte, and fingerprint the content. Raises DataError on bad input.
+    `split` and `streaming` apply to hub datasets (hf://...) only."""
+    if is_hub_path(path):
+        return _open_hub(path, split, text_column, streaming)
+    if split != "train":
+        raise DataError(f"split={split!r} applies to hub datasets (hf://...) only; {path} is read whole and cut into "
+                        "train/val by data.val_fraction")
     files, detected = _resolve(path, format)
     if detected == "text":
         return _open_text(path, files)
@@ -186,9 +197,12 @@ def _text_file_pieces(path: Path, char_range: tuple[int, int] | None) -> Iterato
     yield "", True  # the document ends here
 
 
-def _load_tabular(corpus_format: str, files: list[Path]):
+def _load_tabular(corpus: Corpus):
     import datasets
 
+    corpus_format, files = corpus.format, corpus.files
+    if corpus.hub is not None:
+        return corpus.hub.load(corpus.streaming)
     if corpus_format == "arrow":
         ds = datasets.load_from_disk(str(files[0]))
         if isinstance(ds, datasets.DatasetDict):
@@ -206,7 +220,7 @@ def _load_tabular(corpus_format: str, files: list[Path]):
 
 def _iter_rows(corpus: Corpus) -> Iterator[str]:
     try:
-        ds = _load_tabular(corpus.format, corpus.files)
+        ds = _load_tabular(corpus)
         for batch in ds.iter(batch_size=1000):
             if corpus.text_column not in batch:
                 raise DataError(
@@ -242,4 +256,20 @@ def _open_tabular(description: str, files: list[Path], corpus_format: str, text_
     if n_docs == 0 or n_chars == 0:
         raise DataError(f"data.path: {description} is empty (no text in column {text_column!r})")
     corpus.num_documents = n_docs
+    return corpus
+
+
+def _open_hub(path: str, split: str, text_column: str, streaming: bool) -> Corpus:
+    """A hub dataset's split: fingerprinted from its resolved files; rows counted from Arrow metadata, or by one pass
+    over the text column when streaming."""
+    hub = HubDataset.parse(path, split)
+    corpus = Corpus(str(hub), "hf", [], hub.fingerprint(text_column), text_column=text_column, hub=hub,
+                    streaming=streaming)
+    ds = hub.load(streaming)
+    columns = ds.column_names
+    if columns is not None and text_column not in columns:
+        raise DataError(f"{hub}: no column {text_column!r} (columns: {sorted(columns)}); set the source's text_column")
+    corpus.num_documents = ds.num_rows if not streaming else sum(1 for _ in _iter_rows(corpus))
+    if corpus.num_documents == 0:
+        raise DataError(f"{hub}: the split {split!r} has no rows")
     return corpus

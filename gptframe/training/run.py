@@ -177,6 +177,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         **(data.summary or {}),
         "labels": labels,
         "init_from": source.init_from,
+        # mixtures: per source, its weight, the tokens and epochs of it the run saw, its prepared data
+        "data_sources": datamodule.source_summary(trainer.global_step) if hasattr(datamodule, "source_summary") else None,
     }
     if trainer.is_global_zero:
         tmp = run_dir / (SUMMARY_FILE + ".tmp")

@@ -158,3 +158,23 @@ def test_tokenizer_kind_mismatch_with_path(tmp_path, small_corpus):
     tok.save(tmp_path / "tok")
     with pytest.raises(TokenizerError, match="holds a char tokenizer but tokenizer.kind=sentencepiece"):
         prepare(_cfg(small_corpus, tmp_path / "c"), TokenizerConfig(kind="sentencepiece", path=str(tmp_path / "tok")))
+
+
+def test_documents_start_with_bos_where_the_tokenizer_model_expects_it(tmp_path):
+    """An imported Llama-3-style tokenizer (BOS by its post-processor): each document after the first starts with
+    BOS, as the model read its pretraining documents; the token stream is otherwise the plain encoding."""
+    from data_pipelines.tokenizers import load_tokenizer
+    from tests.unit.test_llama_tokenizers import byte_level_dir
+
+    tok = load_tokenizer(byte_level_dir(tmp_path / "tok", bos_template=True, config={}))
+    assert tok.add_bos and tok.eos_id is not None
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(6):
+        (docs / f"doc{i}.txt").write_text(f"Hello world number {i}.\n")
+    _, data = prepare(_cfg(docs, tmp_path / "c"), TokenizerConfig(path=str(tmp_path / "tok")), tok)
+    ids = data.tokens("train").tolist()
+    ends = [i for i, t in enumerate(ids) if t == tok.eos_id]
+    assert ends and all(ids[i + 1] == tok.bos_id for i in ends if i + 1 < len(ids))
+    first_doc = ids[: ends[0]]
+    assert tok.bos_id not in first_doc and tok.decode(first_doc).startswith("Hello world number")
