@@ -95,10 +95,16 @@ class QuestionAnsweringTask(TrainingTask):
 
     @staticmethod
     def _loss(start_logits, end_logits, batch) -> torch.Tensor:
-        """transformers' BertForQuestionAnswering loss: the mean of the start and end cross-entropies."""
-        start = F.cross_entropy(start_logits.float(), batch["start_positions"], ignore_index=IGNORE_INDEX)
-        end = F.cross_entropy(end_logits.float(), batch["end_positions"], ignore_index=IGNORE_INDEX)
-        return (start + end) / 2
+        """transformers' BertForQuestionAnswering loss, the mean of the start and end cross-entropies, over the real
+        tokens only: padding takes no probability, so the loss of a window does not depend on what it is batched
+        with (the same on any number of ranks; as transformers' loss on unpadded windows)."""
+        padding = batch["attention_mask"] == 0
+        losses = [
+            F.cross_entropy(logits.float().masked_fill(padding, torch.finfo(torch.float32).min), batch[key],
+                            ignore_index=IGNORE_INDEX)
+            for logits, key in ((start_logits, "start_positions"), (end_logits, "end_positions"))
+        ]
+        return (losses[0] + losses[1]) / 2
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(*self._logits(batch), batch)
@@ -117,8 +123,8 @@ class QuestionAnsweringTask(TrainingTask):
         start_logits, end_logits = self._logits(batch)  # every rank runs every batch (sharded models gather weights)
         counted = batch["start_positions"] != IGNORE_INDEX  # padding that evens out the ranks' shares
         if counted.any():
-            loss = self._loss(start_logits[counted], end_logits[counted], {k: batch[k][counted] for k in
-                                                                          ("start_positions", "end_positions")})
+            rows = {k: batch[k][counted] for k in ("start_positions", "end_positions", "attention_mask")}
+            loss = self._loss(start_logits[counted], end_logits[counted], rows)
             self.val_loss.update(loss, weight=int(counted.sum()))
         self._qa_evaluation().add_batch(
             batch["feature_index"].cpu().numpy(), start_logits.float().cpu().numpy(), end_logits.float().cpu().numpy()
