@@ -115,7 +115,8 @@ class QuestionAnsweringTask(TrainingTask):
         if self.evaluation is None:
             datamodule = self.trainer.datamodule
             self.evaluation = QAEvaluation(
-                datamodule.val_examples, datamodule.val.features, datamodule.version_2_with_negative, self.task.n_best_size, self.task.max_answer_length, self.task.null_score_diff_threshold,
+                datamodule.val_examples, datamodule.val.features, datamodule.version_2_with_negative,
+                self.task.n_best_size, self.task.max_answer_length, self.task.null_score_diff_threshold,
             )
         return self.evaluation
 
@@ -137,7 +138,7 @@ class QuestionAnsweringTask(TrainingTask):
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
         evaluation.reset()
         metrics = QAEvaluation.metrics_from_sums(sums.cpu().numpy(), evaluation.version_2)
-        metrics["exact_match"] = metrics.pop("exact_match", metrics.pop("exact", None))
+        metrics["exact_match"] = metrics.pop("exact" if evaluation.version_2 else "exact_match")  # one name for both
         self.log("val/f1", metrics.pop("f1"), prog_bar=True)
         self.log("val/loss", self.val_loss.compute())
         self.val_loss.reset()
