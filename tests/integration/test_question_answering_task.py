@@ -16,7 +16,8 @@ import torch
 import transformers
 
 import gptframe
-from data_pipelines.question_answering import build_qa_features, read_qa
+from data_pipelines.question_answering import QAFeatureDataset, build_qa_features, read_qa
+from data_pipelines.question_answering_eval import QAEvaluation
 from gptframe.config import to_typed
 from gptframe.interop.hf import export_model
 from gptframe.loading import load_model
@@ -93,6 +94,17 @@ def test_fine_tunes_from_an_mlm_checkpoint_and_exports(mlm_checkpoint, qa_files,
     assert len(f1_by_epoch) == 4 and losses[-1] < 0.6 * losses[0]  # each epoch (the last one is the final evaluation)
     assert max(f1_by_epoch) > 40.0  # first/last word: learned well beyond a random span (F1 of a few points)
     assert loaded.task == "question_answering" and loaded.tokenizer.identity() == summary["tokenizer"]
+    # the summary's scores are those of the final weights over the whole val set, scored here outside the trainer
+    examples = read_qa(val).examples
+    features = build_qa_features(examples, loaded.tokenizer, 48, 16)
+    batch = QAFeatureDataset(features, loaded.tokenizer.pad_id)[list(range(len(features)))]
+    evaluation = QAEvaluation(examples, features, version_2_with_negative=False)
+    with torch.no_grad():
+        start, end = loaded.model(**{k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
+    evaluation.add_batch(batch["feature_index"].numpy(), start.numpy(), end.numpy())
+    scores = QAEvaluation.metrics_from_sums(evaluation.sums(), version_2=False)
+    assert summary["val_f1"] == pytest.approx(scores["f1"], abs=1e-3)
+    assert summary["val_exact_match"] == pytest.approx(scores["exact_match"], abs=1e-3)
 
     out = export_model(loaded, tmp_path / "export")
     theirs = transformers.AutoModelForQuestionAnswering.from_pretrained(out).eval()
