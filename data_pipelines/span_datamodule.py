@@ -18,9 +18,10 @@ class QuestionAnsweringDataModule(ClassificationDataModule):
     `feature_index` (PAD_KEY for the padding that evens out the ranks) to find each window's offsets and question."""
 
     def __init__(self, train: QAFeatureDataset, val: QAFeatureDataset, val_examples: list[QAExample],
-                 batch_size: int, seed: int, num_workers: int = 0):
+                 batch_size: int, seed: int, num_workers: int = 0, version_2_with_negative: bool = False):
         super().__init__(train, val, batch_size, seed, num_workers)
         self.val_examples = val_examples
+        self.version_2_with_negative = version_2_with_negative  # score with SQuAD v2's rules (null answers)
         self.val_groups = val.features.features_of(len(val_examples))  # question -> its windows
 
     def _val_share(self, rank: int, world: int) -> np.ndarray:

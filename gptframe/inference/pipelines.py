@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 from data_pipelines.classification import encode_examples
+from data_pipelines.question_answering import QAExample, QAFeatureDataset, build_qa_features
+from data_pipelines.question_answering_eval import Window, pipeline_answers
 from gptframe.errors import CheckpointError
 from gptframe.inference.generate import encode_prompt, generate_tokens
 from gptframe.loading import LoadedModel, load_model, require_task
@@ -183,11 +185,53 @@ class FeatureExtractionPipeline(_EncoderPipeline):
         return outputs[0] if isinstance(inputs, str) else outputs
 
 
+class QuestionAnsweringPipeline(_EncoderPipeline):
+    """pipe(question=..., context=..., top_k=1) -> {"answer", "score", "start", "end"} (a list of them when top_k > 1;
+    lists of questions and contexts give one result each), as transformers 4's question-answering pipeline: long
+    contexts in windows of max_seq_len tokens overlapping by doc_stride, spans scored p(start) * p(end) per window,
+    at most max_answer_len tokens; handle_impossible_answer adds the null answer ("", 0, 0)."""
+
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
+        super().__init__(model_path, device)
+        require_task(self.loaded, "question_answering", "question-answering", _where(model_path))
+
+    @torch.no_grad()
+    def __call__(self, question: str | list[str], context: str | list[str], top_k: int = 1,
+                 doc_stride: int | None = None, max_answer_len: int = 15, max_seq_len: int | None = None,
+                 handle_impossible_answer: bool = False):
+        single = isinstance(question, str)
+        questions = [question] if single else list(question)
+        contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+        if len(contexts) != len(questions):
+            raise ValueError(f"question-answering: {len(questions)} questions but {len(contexts)} contexts")
+        max_seq_len = min(max_seq_len or 384, self.max_len)  # transformers 4's defaults
+        doc_stride = min(max_seq_len // 2, 128) if doc_stride is None else doc_stride
+        if doc_stride >= max_seq_len:
+            raise ValueError(f"question-answering: doc_stride ({doc_stride}) must be smaller than max_seq_len "
+                             f"({max_seq_len})")
+        outputs = []
+        for q, c in zip(questions, contexts, strict=True):
+            windows = self._windows(QAExample("0", q, c, (), (), "the pipeline's input"), max_seq_len, doc_stride)
+            answers = pipeline_answers(c, windows, top_k, handle_impossible_answer, max_answer_len)
+            outputs.append(answers[0] if top_k == 1 else answers)
+        return outputs[0] if single else outputs
+
+    def _windows(self, example: QAExample, max_seq_len: int, doc_stride: int) -> list[Window]:
+        features = build_qa_features([example], self.tokenizer, max_seq_len, doc_stride)
+        pad = self.tokenizer.pad_id if self.tokenizer.pad_id is not None else 0
+        batch = QAFeatureDataset(features, pad)[list(range(len(features)))]
+        start, end = self.model(**{k: batch[k].to(self.device) for k in ("input_ids", "token_type_ids",
+                                                                         "attention_mask")})
+        return [Window(start[i].float().cpu().numpy(), end[i].float().cpu().numpy(), features.offsets[i])
+                for i in range(len(features))]
+
+
 PIPELINES = {
     "text-generation": TextGenerationPipeline,
     "fill-mask": FillMaskPipeline,
     "text-classification": TextClassificationPipeline,
     "feature-extraction": FeatureExtractionPipeline,
+    "question-answering": QuestionAnsweringPipeline,
 }
 
 

@@ -78,5 +78,7 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> str:
         if src.keys() == tgt.keys() and all(src[k].shape == tgt[k].shape for k in src):
             target.load_state_dict(src)
             return "all weights"
-    backbone(target).load_state_dict(backbone(source).state_dict())
+    # weights the target's backbone lacks (a pooler, for per-token heads that have none) are left behind
+    wanted = backbone(target).state_dict().keys()
+    backbone(target).load_state_dict({k: v for k, v in backbone(source).state_dict().items() if k in wanted})
     return f"the {type(backbone(target)).__name__} backbone (new {type(target).__name__} heads)"

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
-from data_pipelines.prepare import build_tokenizer
+from filelock import FileLock
+
+from data_pipelines.prepare import build_tokenizer, publish_dir
 from data_pipelines.sources import open_corpus
 from data_pipelines.tokenizers import Tokenizer
 from gptframe.errors import ConfigError, TokenizerError
@@ -41,6 +45,19 @@ def tokenizer_for_file(cfg, path: str) -> Tokenizer:
     cache_dir = Path(os.path.expanduser(cfg.data.cache_dir)).resolve()
     settings = {"val_fraction": cfg.data.val_fraction, "seed": cfg.data.split_seed}
     return build_tokenizer(cfg.tokenizer, corpus, splits, cache_dir, settings)
+
+
+def tokenizer_for_texts(cfg, texts: Iterable[str], what: str) -> Tokenizer:
+    """Training from scratch on files no corpus reader opens (e.g. SQuAD JSON): tokenizer.path, or a tokenizer
+    trained on `texts`, written once as a text file in the data cache (named by its content, so runs share it)."""
+    body = "\n".join(texts) + "\n"
+    digest = hashlib.sha256(body.encode("utf-8")).hexdigest()[:20]
+    target = Path(os.path.expanduser(cfg.data.cache_dir)).resolve() / "task_texts" / f"{what}-{digest}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):  # ranks of one run build it once
+        if not target.is_dir():
+            publish_dir(target, lambda tmp: (tmp / "texts.txt").write_text(body, encoding="utf-8"))
+    return tokenizer_for_file(cfg, str(target / "texts.txt"))
 
 
 def describe_corpus(prepared) -> str:

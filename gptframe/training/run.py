@@ -145,9 +145,13 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
     last = run_dir / "checkpoints" / LAST
     trainer.save_checkpoint(last, weights_only=False)  # the final step, whether or not it coincided with a validation
 
-    if hasattr(datamodule, "eval_batches"):
-        datamodule.eval_batches = trainer_cfg.final_eval_batches
-    final = {k: float(v) for k, v in trainer.validate(task, datamodule=datamodule, verbose=False)[0].items()}
+    if _validated_as_final(parts["history"], trainer, datamodule, trainer_cfg):
+        # e.g. epoch-based fine-tuning: the last epoch's validation ran on the final weights over the same batches
+        final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    else:
+        if hasattr(datamodule, "eval_batches"):
+            datamodule.eval_batches = trainer_cfg.final_eval_batches
+        final = {k: float(v) for k, v in trainer.validate(task, datamodule=datamodule, verbose=False)[0].items()}
     history: list = parts["history"].train
     best = parts["best"]
     summary = {
@@ -193,6 +197,13 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         )
     finish_logger(logger, summary)
     return summary
+
+
+def _validated_as_final(history, trainer, datamodule, trainer_cfg) -> bool:
+    """True when training ended with a validation that the final evaluation would repeat exactly (same step, same
+    batches): running it again costs a whole val pass (for QA on CPU, as long as several training steps)."""
+    same_batches = not hasattr(datamodule, "eval_batches") or trainer_cfg.final_eval_batches == trainer_cfg.eval_batches
+    return bool(history.val) and history.val[-1][0] == trainer.global_step and same_batches
 
 
 def _accumulation_for(cfg, tokens_per_micro_step: int):

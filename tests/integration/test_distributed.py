@@ -184,3 +184,28 @@ def test_fsdp_fine_tuning_with_uneven_val_shares_matches_single_process(tmp_path
     assert sharded["val_loss"] == pytest.approx(single["val_loss"], abs=TOLERANCE)
     assert sharded["val_accuracy"] == pytest.approx(single["val_accuracy"], abs=1e-6)  # the same 257 passages
     assert sharded["val_f1"] == pytest.approx(single["val_f1"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def qa_files(tmp_path_factory, shakespeare_text) -> tuple[Path, Path]:
+    from tests.integration.test_question_answering_task import qa_records, write_jsonl
+
+    out = tmp_path_factory.mktemp("qa")
+    # 41 val questions of 1-6 windows each: unequal rank shares, padded to equal batch counts
+    return (write_jsonl(out / "train.jsonl", qa_records(shakespeare_text, 200, seed=0)),
+            write_jsonl(out / "val.jsonl", qa_records(shakespeare_text, 41, seed=1)))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_question_answering_data_parallel_matches_single_process(tmp_path, cache_dir, qa_files, strategy):
+    """Each question's windows are post-processed on one rank; the EM/F1 sums add up to the single-process scores."""
+    train, val = qa_files
+    args = [*TINY_BERT[:8], "model.hidden_dropout_prob=0.0", "model.attention_probs_dropout_prob=0.0",
+            "task=question_answering", "task.max_seq_len=48", "task.doc_stride=16", "task.lr=3e-3",
+            "task.warmup_steps=5", f"data.train_path={train}", f"data.val_path={val}", "trainer.max_epochs=null",
+            *STEPS, "trainer.enable_progress_bar=false"]
+    single = _single(tmp_path / "single", cache_dir, *args, "data.batch_size=8")
+    distributed = _launch(tmp_path / strategy, cache_dir, *args, *CPU, f"trainer={strategy}", "data.batch_size=4")
+    _assert_same_training(distributed, single)
+    assert distributed["val_f1"] == pytest.approx(single["val_f1"], abs=1e-4)
+    assert distributed["val_exact_match"] == pytest.approx(single["val_exact_match"], abs=1e-4)

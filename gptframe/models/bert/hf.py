@@ -1,5 +1,5 @@
 """BERT <-> Hugging Face `transformers` (BertForPreTraining, BertForMaskedLM, BertModel,
-BertForSequenceClassification). gptframe's BERT uses transformers' names already."""
+BertForSequenceClassification, BertForQuestionAnswering). gptframe's BERT uses transformers' names already."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ IMPORTS = {
     "BertForMaskedLM": "mlm",  # no pooler and NSP head: freshly initialised
     "BertModel": "mlm",  # no heads: freshly initialised
     "BertForSequenceClassification": "classification",
+    "BertForQuestionAnswering": "question_answering",
 }
 EXPORTS = {
     "mlm": {"pretraining": "BertForPreTraining", "masked_lm": "BertForMaskedLM", "base": "BertModel"},
     "classification": {"classifier": "BertForSequenceClassification"},
+    "question_answering": {"span_head": "BertForQuestionAnswering"},
 }
 BASE_CLASSES = {"bert": "BertModel"}
 MAY_BE_MISSING = {"mlm": ("bert.pooler.", "cls.")}

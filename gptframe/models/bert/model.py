@@ -159,16 +159,17 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder: (input_ids, token_type_ids, attention_mask) -> (last hidden states [B, T, H], pooled [B, H])."""
+    """The encoder: (input_ids, token_type_ids, attention_mask) -> (last hidden states [B, T, H], pooled [B, H]).
+    add_pooling_layer=False (per-token heads, as transformers' BertForQuestionAnswering): no pooler, pooled is None."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("BertConfig.vocab_size must be set (gptframe sets it from the tokenizer)")
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def forward(
         self,
@@ -182,7 +183,7 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
-        return hidden, self.pooler(hidden)
+        return hidden, self.pooler(hidden) if self.pooler is not None else None
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -267,6 +268,31 @@ class BertForSequenceClassification(nn.Module):
     ) -> torch.Tensor:
         _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         return self.classifier(self.dropout(pooled))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class BertForQuestionAnswering(nn.Module):
+    """BERT with a linear span head on every token (transformers' names: `bert` without pooler, `qa_outputs`):
+    (start_logits [B, T], end_logits [B, T])."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        start_logits, end_logits = self.qa_outputs(hidden).unbind(-1)
+        return start_logits, end_logits
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
