@@ -150,7 +150,7 @@ def test_pipeline_single_input_shapes_and_wrong_model(hf_qa_dir, tmp_path):
     mlm = tmp_path / "mlm"
     transformers.BertForMaskedLM(transformers.BertConfig.from_pretrained(hf_qa_dir)).save_pretrained(mlm)
     transformers.AutoTokenizer.from_pretrained(hf_qa_dir).save_pretrained(mlm)
-    with pytest.raises(CheckpointError, match="question-answering needs a question_answering model"):
+    with pytest.raises(CheckpointError, match="question-answering needs a model trained for task=question_answering"):
         gptframe.pipeline("question-answering", model=mlm)
 
 
