@@ -11,6 +11,7 @@ import logging
 import os
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -194,7 +195,10 @@ class ClassificationDataModule(StreamDataModule):
         return self._batch_loader(self.train, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        order = rank_share(len(self.val), rank, world)  # equal shares, padded: the same number of batches per rank
+        order = self._val_share(*self._rank_world())
         batches = [order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size)]
         return self._batch_loader(self.val, batches)
+
+    def _val_share(self, rank: int, world: int) -> np.ndarray:
+        """This rank's val example indices, PAD_KEY-padded to an equal share (the same number of batches per rank)."""
+        return rank_share(len(self.val), rank, world)

@@ -118,6 +118,13 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    @abstractmethod
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids `encode(text)` gives and, for each, the (start, end) span of `text` (character indices) it stands
+        for: transformers' `return_offsets_mapping`. Spans never go backwards; the tokens of one character's bytes
+        (byte fallback, byte-level BPE) all span that character. Extractive QA maps answers through them, token
+        classification maps tokens to words."""
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 

@@ -53,6 +53,9 @@ class CharTokenizer(Tokenizer):
             raise TokenizerError(f"characters {bad} are not in the char vocabulary of {len(self.chars)} characters")
         return ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return self.encode(text), [(i, i + 1) for i in range(len(text))]  # one id per code point
+
     def decode(self, ids: Iterable[int]) -> str:
         try:
             return "".join(self._itos[i] for i in ids)

@@ -104,6 +104,17 @@ class SentencePieceTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoded = self.sp.encode(text, return_type="offset_mapping")
+        ids, offsets = encoded["ids"], list(encoded["offsets"])
+        # SentencePiece gives a character's span to the last of its byte-fallback pieces and empty spans to the
+        # others; transformers (and byte-level BPE) give it to every one, so no piece points between characters.
+        for i in range(len(ids) - 2, -1, -1):
+            start, end = offsets[i]
+            if start == end and self.sp.is_byte(ids[i]) and offsets[i + 1][0] == start:
+                offsets[i] = offsets[i + 1]
+        return ids, offsets
+
     def decode(self, ids: Iterable[int]) -> str:
         ids = list(ids)
         if any(i < 0 or i >= self.vocab_size for i in ids):

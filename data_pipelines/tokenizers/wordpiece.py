@@ -150,6 +150,10 @@ class WordPieceTokenizer(Tokenizer):
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.hf.encode_batch(texts, add_special_tokens=False)]
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self.hf.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
     def encode_pair(self, text: str, text_pair: str | None = None) -> tuple[list[int], list[int]]:
         """[CLS] text [SEP] (text_pair [SEP]) ids and their token-type ids, as BertTokenizerFast(text, text_pair)."""
         enc = self.hf.encode(text, text_pair, add_special_tokens=True)
