@@ -9,6 +9,7 @@ from gptframe.models.bert.model import (
     BertConfig,
     BertForPreTraining,
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertLayer,
     BertModel,
 )
@@ -60,7 +61,8 @@ def describe(c: BertConfig) -> str:
 SPEC = register_architecture(ArchitectureSpec(
     name="bert",
     config_class=BertConfig,
-    models={"mlm": BertForPreTraining, "classification": BertForSequenceClassification},
+    models={"mlm": BertForPreTraining, "classification": BertForSequenceClassification,
+            "token_classification": BertForTokenClassification},
     block_class=BertLayer,
     backbone=backbone,
     context_length=lambda c: c.max_position_embeddings,
@@ -78,6 +80,7 @@ SPEC = register_architecture(ArchitectureSpec(
 ))
 
 __all__ = [
-    "SPEC", "BertConfig", "BertForPreTraining", "BertForSequenceClassification", "BertLayer", "BertModel",
+    "SPEC", "BertConfig", "BertForPreTraining", "BertForSequenceClassification", "BertForTokenClassification",
+    "BertLayer", "BertModel",
     "matmul_params",
 ]

@@ -1,5 +1,5 @@
 """BERT <-> Hugging Face `transformers` (BertForPreTraining, BertForMaskedLM, BertModel,
-BertForSequenceClassification). gptframe's BERT uses transformers' names already."""
+BertForSequenceClassification, BertForTokenClassification). gptframe's BERT uses transformers' names already."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ IMPORTS = {
     "BertForMaskedLM": "mlm",  # no pooler and NSP head: freshly initialised
     "BertModel": "mlm",  # no heads: freshly initialised
     "BertForSequenceClassification": "classification",
+    "BertForTokenClassification": "token_classification",
 }
 EXPORTS = {
     "mlm": {"pretraining": "BertForPreTraining", "masked_lm": "BertForMaskedLM", "base": "BertModel"},
     "classification": {"classifier": "BertForSequenceClassification"},
+    "token_classification": {"tagger": "BertForTokenClassification"},
 }
 BASE_CLASSES = {"bert": "BertModel"}
 MAY_BE_MISSING = {"mlm": ("bert.pooler.", "cls.")}
@@ -92,6 +94,6 @@ def export_kwargs(model: torch.nn.Module) -> dict:
 
 
 def import_model_kwargs(hf: dict, task: str) -> dict:
-    if task == "classification" and hf.get("classifier_dropout") is not None:
+    if task in ("classification", "token_classification") and hf.get("classifier_dropout") is not None:
         return {"classifier_dropout": hf["classifier_dropout"]}
     return {}

@@ -159,16 +159,17 @@ class BertPooler(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The encoder: (input_ids, token_type_ids, attention_mask) -> (last hidden states [B, T, H], pooled [B, H])."""
+    """The encoder: (input_ids, token_type_ids, attention_mask) -> (last hidden states [B, T, H], pooled [B, H]);
+    without the pooler (add_pooling_layer=False, as transformers' per-token heads) pooled is None."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("BertConfig.vocab_size must be set (gptframe sets it from the tokenizer)")
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
 
     def forward(
         self,
@@ -182,7 +183,7 @@ class BertModel(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         keep = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         hidden = self.encoder(self.embeddings(input_ids, token_type_ids), keep)
-        return hidden, self.pooler(hidden)
+        return hidden, self.pooler(hidden) if self.pooler is not None else None
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -267,6 +268,32 @@ class BertForSequenceClassification(nn.Module):
     ) -> torch.Tensor:
         _, pooled = self.bert(input_ids, token_type_ids, attention_mask)
         return self.classifier(self.dropout(pooled))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class BertForTokenClassification(nn.Module):
+    """BERT without its pooler, dropout and a linear classifier on every token's last hidden state (transformers'
+    names): logits [B, T, num_labels]."""
+
+    def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(hidden))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
