@@ -35,7 +35,7 @@ from gptframe.config import OptimizerSchedule
 from gptframe.errors import ConfigError
 from gptframe.registry import architecture_of
 from gptframe.tasks.base import TaskData, TrainingTask
-from gptframe.tasks.data import example_length, sized_for, tokenizer_for_file
+from gptframe.tasks.data import context_length, sized_for, tokenizer_for_file
 
 MODES = ("default", "strict")
 
@@ -74,7 +74,8 @@ class TokenClassificationTask(TrainingTask):
         if not data.train_path or not data.val_path:
             raise ConfigError("task=token_classification needs data.train_path and data.val_path (CoNLL-style or "
                               "JSONL tagged sentences)")
-        max_len = example_length(task.max_seq_len, model_config)
+        context = context_length(model_config)
+        max_len = min(task.max_seq_len or context, context)  # the default 128 on a shorter model: its context
         train = read_tagged(data.train_path, labels)
         val = read_tagged(data.val_path, labels or tag_names(train))
         scheme = detect_scheme(_joined(train, val))  # one scheme across both files, or an error naming two lines
