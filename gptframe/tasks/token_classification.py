@@ -48,7 +48,7 @@ class TokenClassificationTaskConfig(OptimizerSchedule):
     max_seq_len: int | None = 128  # tokens per sentence, [CLS]/[SEP] included; later words are cut (None: the context)
     label_all_subtokens: bool = False  # label every sub-token of a word (B-X -> I-X), not only the first
     mode: str = "default"  # seqeval's mode: default (conlleval-like) or strict (well-formed entities under `scheme`)
-    scheme: str | None = None  # IOB1, IOB2 or IOBES for strict mode; None: detected from the data
+    scheme: str | None = None  # IOB1, IOB2 or IOBES: strict mode needs it, and it must be the data's (checked)
 
     def __post_init__(self) -> None:
         self._check_name("token_classification")
@@ -79,6 +79,9 @@ class TokenClassificationTask(TrainingTask):
         train = read_tagged(data.train_path, labels)
         val = read_tagged(data.val_path, labels or tag_names(train))
         scheme = detect_scheme(_joined(train, val))  # one scheme across both files, or an error naming two lines
+        if task.mode == "strict" and task.scheme != scheme:
+            raise ConfigError(f"task.mode=strict reads entities under task.scheme={task.scheme}, but the data is "
+                              f"{scheme}: set task.scheme={scheme}")
         names = labels or tag_names(train)
         if len(names) < 2:
             raise DataError(f"{train.path}: a tagger needs at least 2 distinct tags, found {names}")
@@ -103,7 +106,6 @@ class TokenClassificationTask(TrainingTask):
         super().__init__(*args, **kwargs)
         self.val_loss = MeanMetric()
         self.types = entity_types(self.labels)
-        self.scheme = self.task.scheme  # strict mode without a scheme: detected in on_fit_start from the labels
         self.counts = EntityCounts.zeros(self.types)
 
     def _logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -127,13 +129,7 @@ class TokenClassificationTask(TrainingTask):
         rows = counted.any(dim=1)
         gold, predicted = tags_of_labeled_tokens(logits[rows].argmax(-1).cpu().numpy(), labels[rows].cpu().numpy(),
                                                  self.labels)
-        self.counts += count_entities(gold, predicted, self.types, self.task.mode, self._strict_scheme())
-
-    def _strict_scheme(self) -> str | None:
-        if self.task.mode != "strict" or self.scheme is not None:
-            return self.scheme
-        self.scheme = "IOBES" if any(n.startswith(("E-", "S-")) for n in self.labels) else "IOB2"
-        return self.scheme
+        self.counts += count_entities(gold, predicted, self.types, self.task.mode, self.task.scheme)
 
     def on_validation_epoch_end(self) -> None:
         # entity counts of this rank's sentences; summed over ranks they are the whole val set's

@@ -13,12 +13,14 @@ import random
 import pytest
 import torch
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
 from transformers import AutoModelForTokenClassification, BertTokenizerFast
 from transformers import BertConfig as HFBertConfig
 from transformers import BertModel as HFBertModel
 
 from data_pipelines.token_classification import TokenClassificationExamples, read_tagged
 from gptframe.config import to_typed
+from gptframe.errors import ConfigError
 from gptframe.loading import load_model
 from gptframe.models.factory import build_model, transfer_weights
 from gptframe.training.run import run_training
@@ -64,15 +66,19 @@ def tagged_sentences(text: str, n: int, seed: int) -> list[tuple[list[str], list
     return out
 
 
-@pytest.fixture(scope="module")
-def ner_data(tmp_path_factory, shakespeare_text):
-    """train.conll (CoNLL, with a POS-like middle column and -DOCSTART-) and val.jsonl."""
-    directory = tmp_path_factory.mktemp("ner")
+def write_ner_data(directory, shakespeare_text: str):
+    """train.conll (CoNLL, with a POS-like middle column and -DOCSTART-) and val.jsonl: 240 and 70 sentences."""
+    directory.mkdir(parents=True, exist_ok=True)
     train, val = tagged_sentences(shakespeare_text, 240, 0), tagged_sentences(shakespeare_text[500_000:], 70, 1)
     blocks = ["-DOCSTART- -X- O\n"] + ["".join(f"{w}\tX\t{t}\n" for w, t in zip(*s, strict=True)) for s in train]
     (directory / "train.conll").write_text("\n".join(blocks), encoding="utf-8")
     (directory / "val.jsonl").write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in val))
     return directory
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory, shakespeare_text):
+    return write_ner_data(tmp_path_factory.mktemp("ner"), shakespeare_text)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +101,7 @@ def tuned(tmp_path_factory, cache_dir, mlm_checkpoint, ner_data):
     return run_dir, summary
 
 
-def _seqeval(loaded, ner_data, max_seq_len: int = 48) -> dict[str, float]:
+def _seqeval(loaded, ner_data, max_seq_len: int = 48, **mode) -> dict[str, float]:
     """The val set's entity scores computed here with seqeval, on the first sub-token of each word (run_ner.py)."""
     val = read_tagged(ner_data / "val.jsonl")
     examples = TokenClassificationExamples.build(loaded.tokenizer, val, loaded.labels, max_seq_len)
@@ -107,8 +113,8 @@ def _seqeval(loaded, ner_data, max_seq_len: int = 48) -> dict[str, float]:
         keep = batch["labels"][0] != -100
         gold.append([loaded.labels[j] for j in batch["labels"][0][keep].tolist()])
         predicted.append([loaded.labels[j] for j in logits.argmax(-1)[keep].tolist()])
-    return {"f1": f1_score(gold, predicted), "precision": precision_score(gold, predicted),
-            "recall": recall_score(gold, predicted), "accuracy": accuracy_score(gold, predicted)}
+    return {"f1": f1_score(gold, predicted, **mode), "precision": precision_score(gold, predicted, **mode),
+            "recall": recall_score(gold, predicted, **mode), "accuracy": accuracy_score(gold, predicted)}
 
 
 def test_fine_tunes_from_an_mlm_checkpoint_with_seqeval_metrics(tuned, ner_data):
@@ -165,10 +171,13 @@ def test_a_bert_directory_initialises_the_tagger_backbone(hf_bert_dir):
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def test_fine_tunes_from_a_hugging_face_directory_and_exports(tmp_path, cache_dir, hf_bert_dir, ner_data):
-    summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=1", f"model.init_from={hf_bert_dir}",
-                     *_data(ner_data))
+def test_fine_tunes_from_a_hugging_face_directory_in_strict_mode_and_exports(tmp_path, cache_dir, hf_bert_dir,
+                                                                            ner_data):
+    summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=2", f"model.init_from={hf_bert_dir}",
+                     *_data(ner_data), "task.mode=strict", "task.scheme=IOB2")
     assert summary["init_from"] == str(hf_bert_dir) and summary["task"] == "token_classification"
+    strict = _seqeval(load_model(summary["checkpoint"]), ner_data, mode="strict", scheme=IOB2)
+    assert summary["val_f1"] == pytest.approx(strict["f1"], abs=1e-6) and summary["val_f1"] > 0
     out = tmp_path / "export"
     proc = run_cli("gptframe-export", f"ckpt={summary['checkpoint']}", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -187,6 +196,14 @@ def test_trains_from_scratch_with_a_tokenizer_built_on_the_sentences(tmp_path, c
                      *FINETUNE, "trainer.max_epochs=1", "tokenizer.vocab_size=300", *_data(ner_data))
     assert summary["tokenizer"]["kind"] == "wordpiece" and summary["tokenizer"]["vocab_size"] <= 300
     assert 0.0 <= summary["val_f1"] <= 1.0 and summary["step"] > 0
+
+
+def test_strict_mode_needs_the_data_scheme(tmp_path, cache_dir, mlm_checkpoint, ner_data):
+    for scheme in ("null", "IOBES"):
+        with pytest.raises(ConfigError, match="task.mode=strict reads entities under task.scheme=.*set task.scheme=IOB2"):
+            _train(tmp_path / "run", cache_dir, *FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data),
+                   "task.mode=strict", f"task.scheme={scheme}")
+    assert not (tmp_path / "run").exists()
 
 
 def _write(path, text: str):
