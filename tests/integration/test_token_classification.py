@@ -134,14 +134,17 @@ def test_fine_tunes_from_an_mlm_checkpoint_with_seqeval_metrics(tuned, ner_data)
     assert {"train/loss", "val/loss", "val/f1", "val/precision", "val/recall", "val/accuracy"} <= set(header)
 
 
-def test_stopped_and_resumed_equals_uninterrupted(tmp_path, cache_dir, mlm_checkpoint, ner_data):
-    common = [*FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data), "task.lr_decay_steps=60"]
+def test_stopped_and_resumed_equals_uninterrupted_in_strict_mode(tmp_path, cache_dir, mlm_checkpoint, ner_data):
+    common = [*FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data), "task.lr_decay_steps=60",
+              "task.mode=strict", "task.scheme=IOB2"]
     straight = _train(tmp_path / "straight", cache_dir, *common)
     _train(tmp_path / "resumed", cache_dir, *common, "trainer.max_epochs=1")
     resumed = _train(tmp_path / "resumed", cache_dir, *common)
     assert resumed["step"] == straight["step"]
     assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
     assert resumed["val_f1"] == pytest.approx(straight["val_f1"], abs=1e-9)
+    strict = _seqeval(load_model(resumed["checkpoint"]), ner_data, mode="strict", scheme=IOB2)
+    assert resumed["val_f1"] == pytest.approx(strict["f1"], abs=1e-6) and resumed["val_f1"] > 0
 
 
 @pytest.fixture(scope="module")
@@ -171,13 +174,11 @@ def test_a_bert_directory_initialises_the_tagger_backbone(hf_bert_dir):
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
-def test_fine_tunes_from_a_hugging_face_directory_in_strict_mode_and_exports(tmp_path, cache_dir, hf_bert_dir,
-                                                                            ner_data):
-    summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=2", f"model.init_from={hf_bert_dir}",
-                     *_data(ner_data), "task.mode=strict", "task.scheme=IOB2")
+@pytest.mark.slow  # a training run and a gptframe-export process
+def test_fine_tunes_from_a_hugging_face_directory_and_exports(tmp_path, cache_dir, hf_bert_dir, ner_data):
+    summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=1", f"model.init_from={hf_bert_dir}",
+                     *_data(ner_data))
     assert summary["init_from"] == str(hf_bert_dir) and summary["task"] == "token_classification"
-    strict = _seqeval(load_model(summary["checkpoint"]), ner_data, mode="strict", scheme=IOB2)
-    assert summary["val_f1"] == pytest.approx(strict["f1"], abs=1e-6) and summary["val_f1"] > 0
     out = tmp_path / "export"
     proc = run_cli("gptframe-export", f"ckpt={summary['checkpoint']}", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
