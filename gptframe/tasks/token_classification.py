@@ -114,8 +114,14 @@ class TokenClassificationTask(TrainingTask):
         )
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        logits = self._logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        logits, labels = self._logits(batch).flatten(0, 1).float(), batch["labels"].flatten()
+        if self.trainer.world_size > 1:
+            # the mean over the labeled tokens of the *global* batch (as masked_lm): ranks hold different numbers of
+            # them and DDP averages gradients, so each rank scales its sum by world_size / (labeled tokens, all ranks)
+            total = self.trainer.strategy.reduce((labels != IGNORE_INDEX).sum().float(), reduce_op="sum")
+            loss = F.cross_entropy(logits, labels, reduction="sum") * self.trainer.world_size / total
+        else:
+            loss = F.cross_entropy(logits, labels)  # ignore_index is IGNORE_INDEX (-100)
         self._log_train(loss)
         return loss
 
