@@ -196,7 +196,7 @@ def test_token_classification_data_parallel_matches_single_process(tmp_path, cac
     args = ["task=token_classification", f"model.init_from={init}", f"data.train_path={data}/train.conll",
             f"data.val_path={data}/val.jsonl", "trainer.max_epochs=null", "trainer.max_steps=8",
             "trainer.val_check_interval=4", "task.warmup_steps=2", "task.lr=5e-3", "task.lr_decay_steps=8",
-            "task.max_seq_len=48", "trainer.enable_progress_bar=false"]
+            "task.max_seq_len=48", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2"]
     single = _single(tmp_path / "single", cache_dir, *args, "data.batch_size=8")
     for strategy in ("ddp", "fsdp"):
         distributed = _launch(tmp_path / strategy, cache_dir, *args, *CPU, f"trainer={strategy}", "data.batch_size=4")
