@@ -13,8 +13,15 @@ from pathlib import Path
 import torch
 
 from data_pipelines.classification import encode_examples
-from data_pipelines.question_answering import QAExample, QAFeatureDataset, build_qa_features
+from data_pipelines.question_answering import QAExample, QAFeatureDataset, build_qa_features, context_windows
 from data_pipelines.question_answering_eval import Window, pipeline_answers
+from data_pipelines.token_classification import token_word_ids, whitespace_words
+from data_pipelines.token_classification_eval import (
+    aggregate_entities,
+    merge_overlapping_entities,
+    softmax,
+    subword_flags,
+)
 from gptframe.errors import CheckpointError
 from gptframe.inference.generate import encode_prompt, generate_tokens
 from gptframe.loading import LoadedModel, load_model, require_task
@@ -226,12 +233,66 @@ class QuestionAnsweringPipeline(_EncoderPipeline):
                 for i in range(len(features))]
 
 
+class TokenClassificationPipeline(_EncoderPipeline):
+    """pipe(text or [texts], aggregation_strategy="none"|"simple"|"first"|"max"|"average", stride=None) -> per text,
+    the entities transformers.pipeline("token-classification") returns: {entity, score, index, word, start, end}
+    (none) or {entity_group, score, word, start, end}. A text longer than the model (or max_seq_len) is truncated,
+    or with `stride` read in windows overlapping by `stride` tokens whose entities merge (as transformers)."""
+
+    def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
+        super().__init__(model_path, device)
+        require_task(self.loaded, "token_classification", "token-classification", _where(model_path))
+        tok = self.tokenizer
+        if tok.cls_id is None or tok.sep_id is None:
+            raise CheckpointError(f"token-classification: the {tok.kind} tokenizer of {_where(model_path)} has no "
+                                  "[CLS]/[SEP] tokens")
+        # a `tokenizers` backend (WordPiece) names words from token strings and finds sub-words by their prefix, as
+        # transformers does; other kinds group tokens by whitespace-separated words and name words by their text
+        self.backend = getattr(tok, "hf", None)
+
+    @torch.no_grad()
+    def __call__(self, inputs: str | list[str], aggregation_strategy: str = "none", stride: int | None = None,
+                 ignore_labels: tuple[str, ...] = ("O",), max_seq_len: int | None = None):
+        max_len = min(max_seq_len or self.max_len, self.max_len)
+        if stride is not None and (aggregation_strategy == "none" or not 0 <= stride < max_len - 2):
+            raise ValueError(f"stride={stride} needs an aggregation_strategy other than 'none' and 0 <= stride < "
+                             f"max_seq_len - 2 = {max_len - 2}")
+        texts = [inputs] if isinstance(inputs, str) else list(inputs)
+        outputs = [self._entities(text, aggregation_strategy, stride, tuple(ignore_labels), max_len) for text in texts]
+        return outputs[0] if isinstance(inputs, str) else outputs
+
+    def _entities(self, text: str, strategy: str, stride: int | None, ignore: tuple[str, ...], max_len: int) -> list:
+        tok = self.tokenizer
+        ids, offsets = tok.encode_with_offsets(text)
+        windows = context_windows(len(ids), max_len - 2, stride) if stride is not None else [(0, max_len - 2)]
+        word_ids = None if self.backend is not None else token_word_ids(offsets, whitespace_words(text), len(text))
+        found = []
+        for start, stop in windows:
+            input_ids = [tok.cls_id, *ids[start:stop], tok.sep_id]
+            spans = [None, *offsets[start:stop], None]
+            logits = self.model(input_ids=torch.tensor([input_ids], device=self.device))[0]
+            found += aggregate_entities(text, spans, softmax(logits.float().cpu().numpy()), self.loaded.labels,
+                                        strategy, ignore_labels=ignore, **self._words(text, input_ids, spans, word_ids,
+                                                                                      start, stop))
+        return merge_overlapping_entities(found) if len(windows) > 1 else found
+
+    def _words(self, text, input_ids, spans, word_ids, start, stop) -> dict:
+        if self.backend is None:
+            return {"word_ids": [None, *word_ids[start:stop], None]}
+        tokens = [self.backend.id_to_token(i) for i in input_ids]
+        prefix = getattr(self.backend.model, "continuing_subword_prefix", None)
+        return {"is_subword": subword_flags(text, tokens, spans, prefix), "tokens": tokens,
+                "tokens_to_string": self.backend.decoder.decode,
+                "unknown": [i == self.tokenizer.unk_id for i in input_ids]}
+
+
 PIPELINES = {
     "text-generation": TextGenerationPipeline,
     "fill-mask": FillMaskPipeline,
     "text-classification": TextClassificationPipeline,
     "feature-extraction": FeatureExtractionPipeline,
     "question-answering": QuestionAnsweringPipeline,
+    "token-classification": TokenClassificationPipeline,
 }
 
 

@@ -78,7 +78,11 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> str:
         if src.keys() == tgt.keys() and all(src[k].shape == tgt[k].shape for k in src):
             target.load_state_dict(src)
             return "all weights"
-    # weights the target's backbone lacks (a pooler, for per-token heads that have none) are left behind
+    # Per-token heads have no pooler: the source's extra backbone parts are left out, and parts the source lacks
+    # (a pooler, when a sequence classifier starts from a token classifier) stay freshly initialised.
     wanted = backbone(target).state_dict().keys()
-    backbone(target).load_state_dict({k: v for k, v in backbone(source).state_dict().items() if k in wanted})
-    return f"the {type(backbone(target)).__name__} backbone (new {type(target).__name__} heads)"
+    result = backbone(target).load_state_dict(
+        {k: v for k, v in backbone(source).state_dict().items() if k in wanted}, strict=False
+    )
+    fresh = f"; fresh: {', '.join(sorted({k.split('.')[0] for k in result.missing_keys}))}" if result.missing_keys else ""
+    return f"the {type(backbone(target)).__name__} backbone (new {type(target).__name__} heads{fresh})"

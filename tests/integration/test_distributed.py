@@ -209,3 +209,24 @@ def test_question_answering_data_parallel_matches_single_process(tmp_path, cache
     _assert_same_training(distributed, single)
     assert distributed["val_f1"] == pytest.approx(single["val_f1"], abs=1e-4)
     assert distributed["val_exact_match"] == pytest.approx(single["val_exact_match"], abs=1e-4)
+
+
+def test_token_classification_data_parallel_matches_single_process(tmp_path, cache_dir, single_runs, shakespeare_text):
+    """Entity counts are summed over ranks: with 70 val sentences on 2 ranks x batch 4 (shares padded to equal batch
+    counts), DDP and FSDP see the single process's entities, F1 and loss."""
+    from tests.integration.test_token_classification import write_ner_data
+
+    data = write_ner_data(tmp_path / "ner", shakespeare_text)
+    init = single_runs("bert")["checkpoint"]  # a tiny MLM checkpoint
+    args = ["task=token_classification", f"model.init_from={init}", f"data.train_path={data}/train.conll",
+            f"data.val_path={data}/val.jsonl", "trainer.max_epochs=null", "trainer.max_steps=8",
+            "trainer.val_check_interval=4", "task.warmup_steps=2", "task.lr=5e-3", "task.lr_decay_steps=8",
+            "task.max_seq_len=48", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=2"]
+    single = _single(tmp_path / "single", cache_dir, *args, "data.batch_size=8")
+    for strategy in ("ddp", "fsdp"):
+        distributed = _launch(tmp_path / strategy, cache_dir, *args, *CPU, f"trainer={strategy}", "data.batch_size=4")
+        assert distributed["world_size"] == 2 and distributed["step"] == single["step"] == 8
+        for key in ("val_loss", "train_loss"):
+            assert distributed[key] == pytest.approx(single[key], abs=TOLERANCE), (strategy, key)
+        for key in ("val_f1", "val_precision", "val_recall", "val_accuracy"):
+            assert distributed[key] == pytest.approx(single[key], abs=1e-6), (strategy, key)

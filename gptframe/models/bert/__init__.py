@@ -10,6 +10,7 @@ from gptframe.models.bert.model import (
     BertForPreTraining,
     BertForQuestionAnswering,
     BertForSequenceClassification,
+    BertForTokenClassification,
     BertLayer,
     BertModel,
 )
@@ -62,7 +63,7 @@ SPEC = register_architecture(ArchitectureSpec(
     name="bert",
     config_class=BertConfig,
     models={"mlm": BertForPreTraining, "classification": BertForSequenceClassification,
-            "question_answering": BertForQuestionAnswering},
+            "question_answering": BertForQuestionAnswering, "token_classification": BertForTokenClassification},
     block_class=BertLayer,
     backbone=backbone,
     context_length=lambda c: c.max_position_embeddings,
@@ -80,6 +81,7 @@ SPEC = register_architecture(ArchitectureSpec(
 ))
 
 __all__ = [
-    "SPEC", "BertConfig", "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification", "BertLayer", "BertModel",
+    "SPEC", "BertConfig", "BertForPreTraining", "BertForQuestionAnswering", "BertForSequenceClassification",
+    "BertForTokenClassification", "BertLayer", "BertModel",
     "matmul_params",
 ]

@@ -1,5 +1,5 @@
 """BERT <-> Hugging Face `transformers` (BertForPreTraining, BertForMaskedLM, BertModel,
-BertForSequenceClassification, BertForQuestionAnswering). gptframe's BERT uses transformers' names already."""
+BertForSequenceClassification, BertForQuestionAnswering, BertForTokenClassification). gptframe's BERT uses transformers' names already."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ IMPORTS = {
     "BertModel": "mlm",  # no heads: freshly initialised
     "BertForSequenceClassification": "classification",
     "BertForQuestionAnswering": "question_answering",
+    "BertForTokenClassification": "token_classification",
 }
 EXPORTS = {
     "mlm": {"pretraining": "BertForPreTraining", "masked_lm": "BertForMaskedLM", "base": "BertModel"},
     "classification": {"classifier": "BertForSequenceClassification"},
     "question_answering": {"span_head": "BertForQuestionAnswering"},
+    "token_classification": {"tagger": "BertForTokenClassification"},
 }
 BASE_CLASSES = {"bert": "BertModel"}
 MAY_BE_MISSING = {"mlm": ("bert.pooler.", "cls.")}
@@ -94,6 +96,6 @@ def export_kwargs(model: torch.nn.Module) -> dict:
 
 
 def import_model_kwargs(hf: dict, task: str) -> dict:
-    if task == "classification" and hf.get("classifier_dropout") is not None:
+    if task in ("classification", "token_classification") and hf.get("classifier_dropout") is not None:
         return {"classifier_dropout": hf["classifier_dropout"]}
     return {}

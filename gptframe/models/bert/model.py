@@ -296,3 +296,29 @@ class BertForQuestionAnswering(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class BertForTokenClassification(nn.Module):
+    """BERT without its pooler, dropout and a linear classifier on every token's last hidden state (transformers'
+    names): logits [B, T, num_labels]."""
+
+    def __init__(self, config: BertConfig, num_labels: int, classifier_dropout: float | None = None):
+        super().__init__()
+        self.config = config
+        self.num_labels = num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if classifier_dropout is None else classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self.apply(partial(init_bert_weights, std=config.initializer_range))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        hidden, _ = self.bert(input_ids, token_type_ids, attention_mask)
+        return self.classifier(self.dropout(hidden))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

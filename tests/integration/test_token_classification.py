@@ -1,0 +1,238 @@
+"""task=token_classification through the real code path (Hydra config -> run_training -> Lightning, and the CLIs):
+fine-tuning from a tiny MLM checkpoint or a Hugging Face directory, metrics against seqeval, exact resume, export, and
+bad input. Tagged sentences are built from Shakespeare with a rule a tiny model can learn (speakers are
+PER, titles MISC)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+
+import pytest
+import torch
+from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+from transformers import AutoModelForTokenClassification, BertTokenizerFast
+from transformers import BertConfig as HFBertConfig
+from transformers import BertModel as HFBertModel
+
+from data_pipelines.token_classification import TokenClassificationExamples, read_tagged
+from gptframe.config import to_typed
+from gptframe.errors import ConfigError
+from gptframe.loading import load_model
+from gptframe.models.factory import build_model, transfer_weights
+from gptframe.training.run import run_training
+from tests.conftest import TINY_BERT, compose, run_cli
+
+FINETUNE = ["task=token_classification", "trainer.max_epochs=4", "data.batch_size=16", "task.lr=5e-3",
+            "task.warmup_steps=2", "task.max_seq_len=48", "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=2"]
+
+
+def _train(run_dir, cache_dir, *overrides):
+    cfg = compose([f"data.cache_dir={cache_dir}", *overrides])
+    return run_training(to_typed(cfg), run_dir, cfg)
+
+
+TITLES = {"lord", "king", "queen", "duke", "sir", "madam", "god", "lady", "master", "father"}
+
+
+def _tag(words: list[str]) -> list[str]:
+    """Speakers ("ROMEO:", "First Citizen:") are PER, titles MISC: rules the (lowercasing) tokenizer keeps visible."""
+    tags = []
+    for i, word in enumerate(words):
+        if word.endswith(":"):
+            tag = "I-PER" if tags and tags[-1] == "B-PER" else "B-PER"
+        elif i + 1 < len(words) and words[i + 1].endswith(":") and word[:1].isupper() and word.isalpha():
+            tag = "B-PER"
+        elif word.lower().strip(",.;!?'") in TITLES:
+            tag = "B-MISC"
+        else:
+            tag = "O"
+        tags.append(tag)
+    return tags
+
+
+def tagged_sentences(text: str, n: int, seed: int) -> list[tuple[list[str], list[str]]]:
+    rng = random.Random(seed)
+    words = text.split()
+    out = []
+    for _ in range(n):
+        start = rng.randrange(len(words) - 30)
+        sentence = words[start : start + rng.randrange(4, 20)]
+        out.append((sentence, _tag(sentence)))
+    return out
+
+
+def write_ner_data(directory, shakespeare_text: str):
+    """train.conll (CoNLL, with a POS-like middle column and -DOCSTART-) and val.jsonl: 240 and 70 sentences."""
+    directory.mkdir(parents=True, exist_ok=True)
+    train, val = tagged_sentences(shakespeare_text, 240, 0), tagged_sentences(shakespeare_text[500_000:], 70, 1)
+    blocks = ["-DOCSTART- -X- O\n"] + ["".join(f"{w}\tX\t{t}\n" for w, t in zip(*s, strict=True)) for s in train]
+    (directory / "train.conll").write_text("\n".join(blocks), encoding="utf-8")
+    (directory / "val.jsonl").write_text("".join(json.dumps({"tokens": w, "tags": t}) + "\n" for w, t in val))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def ner_data(tmp_path_factory, shakespeare_text):
+    return write_ner_data(tmp_path_factory.mktemp("ner"), shakespeare_text)
+
+
+@pytest.fixture(scope="module")
+def mlm_checkpoint(tmp_path_factory, cache_dir, shakespeare_text):
+    corpus = tmp_path_factory.mktemp("corpus") / "small.txt"
+    corpus.write_text(shakespeare_text[:120_000], encoding="utf-8")
+    run_dir = tmp_path_factory.mktemp("mlm")
+    _train(run_dir, cache_dir, *TINY_BERT, f"data.path={corpus}", "trainer.max_steps=30", "trainer.val_check_interval=30")
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def _data(ner_data) -> list[str]:
+    return [f"data.train_path={ner_data}/train.conll", f"data.val_path={ner_data}/val.jsonl"]
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, cache_dir, mlm_checkpoint, ner_data):
+    run_dir = tmp_path_factory.mktemp("ner_run")
+    summary = _train(run_dir, cache_dir, *FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data))
+    return run_dir, summary
+
+
+def _seqeval(loaded, ner_data, max_seq_len: int = 48, **mode) -> dict[str, float]:
+    """The val set's entity scores computed here with seqeval, on the first sub-token of each word (run_ner.py)."""
+    val = read_tagged(ner_data / "val.jsonl")
+    examples = TokenClassificationExamples.build(loaded.tokenizer, val, loaded.labels, max_seq_len)
+    gold, predicted = [], []
+    for i in range(len(examples)):
+        batch = examples[[i]]
+        with torch.no_grad():
+            logits = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        keep = batch["labels"][0] != -100
+        gold.append([loaded.labels[j] for j in batch["labels"][0][keep].tolist()])
+        predicted.append([loaded.labels[j] for j in logits.argmax(-1)[keep].tolist()])
+    return {"f1": f1_score(gold, predicted, **mode), "precision": precision_score(gold, predicted, **mode),
+            "recall": recall_score(gold, predicted, **mode), "accuracy": accuracy_score(gold, predicted)}
+
+
+def test_fine_tunes_from_an_mlm_checkpoint_with_seqeval_metrics(tuned, ner_data):
+    run_dir, summary = tuned
+    train_sentences = len(read_tagged(ner_data / "train.conll"))
+    assert summary["task"] == "token_classification" and summary["arch"] == "bert"
+    assert summary["step"] == 4 * math.ceil(train_sentences / 16)
+    assert summary["labels"] == ["B-MISC", "B-PER", "I-PER", "O"] and summary["scheme"] == "IOB2"
+    assert summary["val_f1"] > 0.1  # it learns the rule (a constant "O" tagger scores 0; observed ~0.16 in 60 steps)
+    assert summary["best_val_f1"] >= summary["val_f1"] - 1e-6 and "best-step" in summary["best_checkpoint"]
+    loaded = load_model(summary["checkpoint"])
+    assert loaded.task == "token_classification" and loaded.labels == summary["labels"]
+    reference = _seqeval(loaded, ner_data)
+    for key in ("f1", "precision", "recall", "accuracy"):
+        assert summary[f"val_{key}"] == pytest.approx(reference[key], abs=1e-6), key
+    header = (run_dir / "logs" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "val/f1", "val/precision", "val/recall", "val/accuracy"} <= set(header)
+
+
+def test_stopped_and_resumed_equals_uninterrupted_in_strict_mode(tmp_path, cache_dir, mlm_checkpoint, ner_data):
+    common = [*FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data), "task.lr_decay_steps=60",
+              "task.mode=strict", "task.scheme=IOB2"]
+    straight = _train(tmp_path / "straight", cache_dir, *common)
+    _train(tmp_path / "resumed", cache_dir, *common, "trainer.max_epochs=1")
+    resumed = _train(tmp_path / "resumed", cache_dir, *common)
+    assert resumed["step"] == straight["step"]
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+    assert resumed["val_f1"] == pytest.approx(straight["val_f1"], abs=1e-9)
+    strict = _seqeval(load_model(resumed["checkpoint"]), ner_data, mode="strict", scheme=IOB2)
+    assert resumed["val_f1"] == pytest.approx(strict["f1"], abs=1e-6) and resumed["val_f1"] > 0
+
+
+@pytest.fixture(scope="module")
+def hf_bert_dir(tmp_path_factory, mlm_checkpoint):
+    """A random transformers BertModel directory (no heads), with the MLM run's vocabulary."""
+    tokenizer = load_model(mlm_checkpoint).tokenizer
+    directory = tmp_path_factory.mktemp("hf_bert")
+    (directory / "vocab.txt").write_text("\n".join(tokenizer.vocab_lines()) + "\n", encoding="utf-8")
+    arg = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
+    BertTokenizerFast(**{arg: str(directory / "vocab.txt")}).save_pretrained(str(directory))
+    config = HFBertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    HFBertModel(config).save_pretrained(str(directory))
+    return directory
+
+
+def test_a_bert_directory_initialises_the_tagger_backbone(hf_bert_dir):
+    """A BertModel directory imports with a pooler (freshly made); the tagger has none and takes everything else."""
+    source = load_model(hf_bert_dir)
+    target = build_model("token_classification", source.config, num_labels=5)
+    copied = transfer_weights(source.model, target)
+    assert copied == "the BertModel backbone (new BertForTokenClassification heads)"
+    theirs = HFBertModel.from_pretrained(str(hf_bert_dir)).state_dict()
+    mine = target.bert.state_dict()
+    assert mine.keys() == {k for k in theirs if not k.startswith("pooler.")}
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.slow  # a training run and a gptframe-export process
+def test_fine_tunes_from_a_hugging_face_directory_and_exports(tmp_path, cache_dir, hf_bert_dir, ner_data):
+    summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=1", f"model.init_from={hf_bert_dir}",
+                     *_data(ner_data))
+    assert summary["init_from"] == str(hf_bert_dir) and summary["task"] == "token_classification"
+    out = tmp_path / "export"
+    proc = run_cli("gptframe-export", f"ckpt={summary['checkpoint']}", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    exported = AutoModelForTokenClassification.from_pretrained(str(out)).eval()
+    assert exported.config.id2label == dict(enumerate(summary["labels"]))
+    loaded = load_model(summary["checkpoint"])
+    batch = TokenClassificationExamples.build(loaded.tokenizer, read_tagged(ner_data / "val.jsonl"), loaded.labels,
+                                              48)[list(range(8))]
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**inputs).logits, loaded.model(**inputs), atol=1e-5, rtol=0)
+
+
+def test_trains_from_scratch_with_a_tokenizer_built_on_the_sentences(tmp_path, cache_dir, ner_data):
+    summary = _train(tmp_path / "run", cache_dir, *[o for o in TINY_BERT if not o.startswith(("task", "trainer.max_steps"))],
+                     *FINETUNE, "trainer.max_epochs=1", "tokenizer.vocab_size=300", *_data(ner_data))
+    assert summary["tokenizer"]["kind"] == "wordpiece" and summary["tokenizer"]["vocab_size"] <= 300
+    assert 0.0 <= summary["val_f1"] <= 1.0 and summary["step"] > 0
+
+
+def test_strict_mode_needs_the_data_scheme(tmp_path, cache_dir, mlm_checkpoint, ner_data):
+    for scheme in ("null", "IOBES"):
+        with pytest.raises(ConfigError, match="task.mode=strict reads entities under task.scheme=.*set task.scheme=IOB2"):
+            _train(tmp_path / "run", cache_dir, *FINETUNE, f"model.init_from={mlm_checkpoint}", *_data(ner_data),
+                   "task.mode=strict", f"task.scheme={scheme}")
+    assert not (tmp_path / "run").exists()
+
+
+def _write(path, text: str):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow  # three gptframe-train processes (~5 s of imports each on an idle CPU)
+def test_bad_input_exits_with_one_clear_error_naming_file_and_line(tmp_path, cache_dir, mlm_checkpoint, ner_data):
+    train = f"{ner_data}/train.conll"
+    no_tag = _write(tmp_path / "no_tag.conll", "ROMEO\tB-PER\nspeaks\n")
+    unseen = _write(tmp_path / "unseen.conll", "ROMEO B-PER\n\nVerona B-LOC\n")
+    mixed = _write(tmp_path / "mixed.conll", "Juliet I-PER\nspeaks O\n\nROMEO O\nJuliet B-PER\n")
+    cases = {
+        "missing_tag": ([f"data.train_path={train}", f"data.val_path={no_tag}"],
+                        [f"{no_tag}:2: expected a word and its tag in the last column"]),
+        "unseen_tag": ([f"data.train_path={train}", f"data.val_path={unseen}"],
+                       [f"{unseen}:3: tag 'B-LOC' never occurs in the training data"]),
+        "mixed_scheme": ([f"data.train_path={mixed}", f"data.val_path={mixed}"],
+                         [f"{mixed}:1: an entity starts with I- (IOB1)", f"{mixed}:5:", "mixed IOB schemes"]),
+    }
+    for name, (overrides, fragments) in cases.items():
+        run_dir = tmp_path / f"run-{name}"
+        res = run_cli("gptframe-train", "task=token_classification", f"model.init_from={mlm_checkpoint}",
+                      f"data.cache_dir={cache_dir}", f"hydra.run.dir={run_dir}", *overrides)
+        assert res.returncode == 2, (name, res.stderr[-2000:])
+        errors = [line for line in res.stderr.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+        for fragment in fragments:
+            assert fragment in errors[0], (name, errors[0])
+        assert not run_dir.exists(), f"{name} left {list(run_dir.rglob('*'))}"
