@@ -85,6 +85,53 @@ def test_sft_learns_the_responses_and_chats(arch, tmp_path, cache_dir, pretraine
     assert len(both) == 2 and all(o[0]["generated_text"][-1]["role"] == "assistant" for o in both)
 
 
+@pytest.fixture(scope="module")
+def sft_gpt(tmp_path_factory, cache_dir, pretrained, sft_files) -> Path:
+    run = tmp_path_factory.mktemp("sft_gpt")
+    return Path(_train(run, cache_dir, *_sft_args("gpt", pretrained, sft_files, "trainer.max_epochs=4",
+                                                  "data.batch_size=8"))["checkpoint"])
+
+
+def test_the_export_chats_as_gptframe_does(tmp_path, sft_gpt):
+    """transformers' apply_chat_template on the export gives gptframe's prompt ids, and its greedy generate up to the
+    end of turn gives the pipeline's reply."""
+    transformers = pytest.importorskip("transformers")
+    from data_pipelines.sft import ChatTemplate
+    from gptframe.interop.hf import export_model
+
+    loaded = load_model(sft_gpt)
+    out = export_model(loaded, tmp_path / "export")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Greet lear."}]
+    ids = ChatTemplate(loaded.tokenizer).prompt_ids(chat)
+    hf_ids = hf_tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+    assert list(hf_ids) == ids
+    end = loaded.tokenizer.end_of_turn_id
+    hf_out = hf_model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=[end],
+                               pad_token_id=end)[0, len(ids):].tolist()
+    hf_reply = loaded.tokenizer.decode(hf_out[: hf_out.index(end)] if end in hf_out else hf_out)
+    reply = gptframe.pipeline("text-generation", model=out)(chat, max_new_tokens=16, return_full_text=False)
+    assert reply == [{"generated_text": hf_reply}]
+
+
+@pytest.mark.slow  # three gptframe-generate processes
+def test_generate_chats_and_checks_the_decoding_options(sft_gpt):
+    res = run_cli("gptframe-generate", f"ckpt={sft_gpt}", "chat=true", "prompt=Greet romeo.", "do_sample=false",
+                  "max_new_tokens=16", "num_beams=2", "repetition_penalty=1.2", "no_repeat_ngram_size=3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    pipe = gptframe.pipeline("text-generation", model=sft_gpt)
+    reply = pipe([{"role": "user", "content": "Greet romeo."}], max_new_tokens=16, num_beams=2,
+                 repetition_penalty=1.2, no_repeat_ngram_size=3, return_full_text=False)
+    assert res.stdout == reply[0]["generated_text"] + "\n"
+    for arg, message in (("num_beams=0", "num_beams must be >= 1, got 0"),
+                         ("repetition_penalty=0", "repetition_penalty must be > 0")):
+        res = run_cli("gptframe-generate", f"ckpt={sft_gpt}", arg)
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    with pytest.raises(ValueError, match="num_beams must be >= 1"):
+        pipe("x", num_beams=0)
+
+
 def test_gradient_accumulation_equals_one_big_batch(tmp_path, cache_dir, pretrained, sft_files):
     """batch 4 x accumulate 2 == batch 8: the loss is the mean over the step's response tokens, not of batch means
     (the records' responses differ in length, so the two would differ)."""
