@@ -4,7 +4,7 @@
         [--pretrain-ckpt PATH] [--pretrain-steps 600] [--sft-epochs 2] [KEY=VALUE ...]
 
 1. Splits the Alpaca-style file (seeded): 10% validation, the rest training (JSON arrays in --dir).
-2. Pretrains gpt_micro (SentencePiece 2048, context 256) on the bundled Tiny Shakespeare, unless --pretrain-ckpt.
+2. Pretrains gpt_micro (SentencePiece 2048, context --block-size) on the bundled Tiny Shakespeare, unless --pretrain-ckpt.
 3. "Before": the pretrained model's mean cross-entropy per response token on the val split, rendered with the ChatML
    template it gets for SFT (the two new embedding rows at the mean of the old ones, as init_from sets them).
 4. gptframe-train task=sft model.init_from=<pretrained> on the split; "after" is its summary's val loss (the same
@@ -81,6 +81,7 @@ def main() -> None:
     parser.add_argument("--dir", default="outputs/bench-sft")
     parser.add_argument("--pretrain-ckpt", default=None)
     parser.add_argument("--pretrain-steps", type=int, default=600)
+    parser.add_argument("--block-size", type=int, default=128, help="the pretrained model's context")
     parser.add_argument("--sft-epochs", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=0.1)
     parser.add_argument("--answers", type=int, default=3)
@@ -92,8 +93,9 @@ def main() -> None:
     pretrain = None
     ckpt = args.pretrain_ckpt
     if ckpt is None:
-        pretrain = train("task=clm", "model=gpt_micro", "model.block_size=256", "tokenizer=sentencepiece",
-                         f"trainer.max_steps={args.pretrain_steps}", "trainer.val_check_interval=200",
+        pretrain = train("task=clm", "model=gpt_micro", f"model.block_size={args.block_size}",
+                         "tokenizer=sentencepiece", f"trainer.max_steps={args.pretrain_steps}",
+                         f"trainer.val_check_interval={args.pretrain_steps}",
                          f"hydra.run.dir={out / 'pretrain'}", "resume=auto", *quiet)
         ckpt = pretrain["checkpoint"]
     from gptframe.loading import load_model
