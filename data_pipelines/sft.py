@@ -478,8 +478,10 @@ class SFTDataModule(StreamDataModule):
     response-token count. Validation: every val row once, ranks taking equal padded shares; sum the token losses and
     `num_loss_tokens` over the split for the per-token val loss."""
 
-    def __init__(self, train: SFTRows, val: SFTRows, batch_size: int, seed: int, num_workers: int = 0):
+    def __init__(self, train: SFTRows, val: SFTRows, batch_size: int, seed: int, num_workers: int = 0,
+                 sample_conversations: list[list[dict]] | None = None):
         super().__init__()
+        self.sample_conversations = sample_conversations or []  # val prompts to answer in logs (no final answer)
         self.train = train
         self.val = val
         self.batch_size = batch_size

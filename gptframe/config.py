@@ -176,11 +176,26 @@ class GenerateConfig:
     seed: int = 1337
     num_samples: int = 1
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    stream: bool = True  # print tokens as they are produced
+    stream: bool = True  # print tokens as they are produced (not with beam search, which ends all at once)
+    chat: bool = False  # the prompt is a user message: the reply is the model's assistant turn (its chat template)
+    system: str | None = None  # chat: an optional system message first
+    # decoding strategies (gptframe.inference.decoding.GenerationSettings, transformers' generate semantics)
+    num_beams: int = 1  # > 1: beam search (do_sample=false)
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    repetition_penalty: float = 1.0  # > 1 discourages repeating tokens
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+    eos_token_id: list[int] | None = None  # ids that end the text (default: the tokenizer's eos, in chat its end of turn)
+    stop_strings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 0 or self.num_samples < 1:
             raise ValueError("max_new_tokens must be >= 0 and num_samples >= 1")
+        if self.num_beams < 1:
+            raise ValueError(f"num_beams must be >= 1, got {self.num_beams}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0 (1.0: no penalty), got {self.repetition_penalty}")
         if self.temperature <= 0 and self.do_sample:
             raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:

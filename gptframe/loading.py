@@ -98,14 +98,15 @@ def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") 
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"checkpoint {path}: its model config is invalid: {e}") from None
     labels = meta["labels"]
-    model = build_model(meta["task"], config, num_labels=len(labels) if labels else None)
+    task = meta.get("model_task", meta["task"])  # a task that trains another task's model (SFT: the causal LM)
+    model = build_model(task, config, num_labels=len(labels) if labels else None)
     try:
         model.load_state_dict(model_state_dict(ckpt))
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         raise CheckpointError(f"checkpoint {path}: weights do not match its model config: {' '.join(first[:3])}") from None
     tokenizer = tokenizer_from_files(meta["tokenizer_files"])
-    return LoadedModel(model.to(device).eval(), tokenizer, meta["task"], config, labels)
+    return LoadedModel(model.to(device).eval(), tokenizer, task, config, labels)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Pretraining followed by fine-tuning, one stage after another under one pipeline dir:
 #
-#   launch/pipeline.sh RECIPE [overrides...]      RECIPE: a conf/pipeline/<name>.yaml (gpt, llama, bert)
+#   launch/pipeline.sh RECIPE [overrides...]      RECIPE: a conf/pipeline/<name>.yaml (gpt, llama, bert, gpt_sft)
 #
 # Stages (each consumes the previous stage's outputs):
-#   data      the Shakespeare speaker task: train/val passages, and a pretraining corpus without the val passages
+#   data      `python -m <recipe's data module> DIR` (default data_pipelines.downstream.shakespeare_speakers: the
+#             speaker task's train/val passages, and a pretraining corpus without the val passages)
 #   pretrain  gptframe-train with the recipe's pretraining overrides (task=clm or task=mlm) on that corpus
-#   finetune  gptframe-train task=classification model.init_from=<pretrain checkpoint>
+#   finetune  gptframe-train model.init_from=<pretrain checkpoint> with the recipe's finetune overrides (its task) and
+#             finetune_data (default: the speaker task's train/val.jsonl; {data} stands for the data dir)
 #   export    gptframe-export of both checkpoints to Hugging Face directories
-#   evaluate  the fine-tuned accuracy against the majority baseline, and the recipe's sample (text-generation or
-#             fill-mask) from the exported pretrained model
+#   evaluate  the fine-tuned metrics (accuracy against the majority baseline, or the response val loss), and the
+#             recipe's sample: text-generation or fill-mask from the exported pretrained model, or chat (answers of
+#             the exported fine-tuned model to the val questions)
 #
 # Overrides: `pretrain.KEY=VALUE` goes to the pretraining stage, `finetune.KEY=VALUE` to fine-tuning, a plain
 # `KEY=VALUE` to both (e.g. trainer.accelerator=cpu); `pipeline.dir=PATH` picks the pipeline dir
@@ -42,30 +45,38 @@ for arg in "$@"; do
   esac
 done
 
-# recipe_field KEY: the recipe's KEY, one item per line (a list's items, or the value)
+# recipe_field KEY [DEFAULT...]: the recipe's KEY (else the DEFAULT items), one item per line (a list's items, or the
+# value); {data} in an item becomes the data stage's dir
 recipe_field() {
-  python - "$recipe" "$1" <<'EOF'
+  python - "$recipe" "$task_dir" "$@" <<'EOF'
 import sys, yaml
-value = (yaml.safe_load(open(sys.argv[1])) or {}).get(sys.argv[2])
-if value is None:
-    sys.exit(f"pipeline: {sys.argv[1]} has no {sys.argv[2]!r} entry")
-print("\n".join(map(str, value if isinstance(value, list) else [value])))
+recipe, data, key, default = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+value = (yaml.safe_load(open(recipe)) or {}).get(key)
+if value is None and not default:
+    sys.exit(f"pipeline: {recipe} has no {key!r} entry")
+items = default if value is None else value if isinstance(value, list) else [value]
+print("\n".join(str(item).replace("{data}", data) for item in items))
 EOF
 }
-pretrain_recipe=() finetune_recipe=()
+
+dir=$(python -c 'import os, sys; print(os.path.abspath(sys.argv[1]))' "$dir")
+task_dir="$dir/data" pretrain_dir="$dir/pretrain" finetune_dir="$dir/finetune" export_dir="$dir/export"
+
+pretrain_recipe=() finetune_recipe=() finetune_data=()
 while IFS= read -r item; do pretrain_recipe+=("$item"); done < <(recipe_field pretrain)
 while IFS= read -r item; do finetune_recipe+=("$item"); done < <(recipe_field finetune)
+while IFS= read -r item; do finetune_data+=("$item"); done < <(
+  recipe_field finetune_data "data.train_path={data}/train.jsonl" "data.val_path={data}/val.jsonl")
+data_module=$(recipe_field data data_pipelines.downstream.shakespeare_speakers)
 sample=$(recipe_field sample)
 [[ ${#pretrain_recipe[@]} -gt 0 && ${#finetune_recipe[@]} -gt 0 ]] || { echo "pipeline: $recipe needs pretrain and finetune lists" >&2; exit 2; }
 
 # Bad overrides stop here, before any stage runs or the pipeline dir exists: one line, exit code 2.
 python -m gptframe.cli.check "pipeline: pretrain" "${pretrain_recipe[@]}" "${common_args[@]}" "${pretrain_args[@]}"
-python -m gptframe.cli.check "pipeline: finetune" task=classification "${finetune_recipe[@]}" "${common_args[@]}" \
+python -m gptframe.cli.check "pipeline: finetune" "${finetune_recipe[@]}" "${common_args[@]}" \
   "${finetune_args[@]}"
 
 mkdir -p "$dir"
-dir=$(cd "$dir" && pwd)
-task_dir="$dir/data" pretrain_dir="$dir/pretrain" finetune_dir="$dir/finetune" export_dir="$dir/export"
 log() { echo "[pipeline $arch] $*" >&2; }
 
 # run_stage NAME DONE_FILE DOWNSTREAM COMMAND...: skipped when DONE_FILE records the same command. Otherwise it runs
@@ -92,16 +103,15 @@ run_stage() {
 }
 
 run_stage data "$task_dir/.stage-done" "$pretrain_dir $finetune_dir $export_dir" \
-  python -m data_pipelines.downstream.shakespeare_speakers "$task_dir"
+  python -m "$data_module" "$task_dir"
 
 run_stage pretrain "$pretrain_dir/.stage-done" "$finetune_dir $export_dir" \
   gptframe-train name="pipeline-$arch-pretrain" hydra.run.dir="$pretrain_dir" resume=auto \
   data.path="$task_dir/pretrain.txt" "${pretrain_recipe[@]}" "${common_args[@]}" "${pretrain_args[@]}"
 
 run_stage finetune "$finetune_dir/.stage-done" "$export_dir/finetuned $export_dir/.finetuned-done" \
-  gptframe-train name="pipeline-$arch-finetune" hydra.run.dir="$finetune_dir" resume=auto task=classification \
-  model.init_from="$pretrain_dir/checkpoints/last.ckpt" \
-  data.train_path="$task_dir/train.jsonl" data.val_path="$task_dir/val.jsonl" \
+  gptframe-train name="pipeline-$arch-finetune" hydra.run.dir="$finetune_dir" resume=auto \
+  model.init_from="$pretrain_dir/checkpoints/last.ckpt" "${finetune_data[@]}" \
   "${finetune_recipe[@]}" "${common_args[@]}" "${finetune_args[@]}"
 
 best_finetuned=$(python -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["best_checkpoint"] or s["checkpoint"])' \
@@ -115,16 +125,20 @@ run_stage export-finetuned "$export_dir/.finetuned-done" "" \
 python - "$task_dir/stats.json" "$pretrain_dir/summary.json" "$finetune_dir/summary.json" "$dir/results.json" <<'EOF'
 import json, sys
 stats, pre, fine = (json.load(open(p)) for p in sys.argv[1:4])
-result = {
-    "pretrain_val_loss": pre["val_loss"], "pretrain_steps": pre["step"],
-    "finetune_val_accuracy": fine["val_accuracy"], "finetune_best_val_accuracy": fine.get("best_val_accuracy"),
-    "finetune_val_f1": fine["val_f1"], "majority_baseline_accuracy": stats["majority_baseline_accuracy"],
-    "num_labels": len(stats["speakers"]), "num_val": stats["num_val"],
-}
+result = {"pretrain_val_loss": pre["val_loss"], "pretrain_steps": pre["step"], "finetune_task": fine["task"],
+          "finetune_val_loss": fine["val_loss"], "num_val": stats["num_val"]}
+if "val_accuracy" in fine:  # a classifier
+    result.update({
+        "finetune_val_accuracy": fine["val_accuracy"], "finetune_best_val_accuracy": fine.get("best_val_accuracy"),
+        "finetune_val_f1": fine["val_f1"], "majority_baseline_accuracy": stats["majority_baseline_accuracy"],
+        "num_labels": len(stats["speakers"]),
+    })
+    print(f"speaker classification ({result['num_labels']} speakers, {result['num_val']} val passages): "
+          f"accuracy {fine['val_accuracy']:.3f} (best {fine.get('best_val_accuracy') or 0:.3f}), "
+          f"macro-F1 {fine['val_f1']:.3f}; majority baseline {stats['majority_baseline_accuracy']:.3f}")
+else:
+    print(f"{fine['task']} fine-tuning: val loss {fine['val_loss']:.3f} after {fine['step']} steps")
 json.dump(result, open(sys.argv[4], "w"), indent=2)
-print(f"speaker classification ({result['num_labels']} speakers, {result['num_val']} val passages): "
-      f"accuracy {fine['val_accuracy']:.3f} (best {fine.get('best_val_accuracy') or 0:.3f}), macro-F1 {fine['val_f1']:.3f}; "
-      f"majority baseline {stats['majority_baseline_accuracy']:.3f}")
 EOF
 case "$sample" in
   text-generation) gptframe-generate ckpt="$export_dir/pretrained" prompt="ROMEO:" max_new_tokens=120 seed=1337 ;;
@@ -137,6 +151,23 @@ for text in ("the king is [MASK] .", "what say you , my [MASK] ?"):
     print(text, "->", ", ".join(f"{r['token_str']} ({r['score']:.2f})" for r in top))
 EOF
   ;;
-  *) echo "pipeline: $recipe: unknown sample '$sample' (text-generation or fill-mask)" >&2; exit 2 ;;
+  chat) python - "$export_dir/finetuned" "$task_dir" "$dir/results.json" <<'EOF'
+import json, sys
+from pathlib import Path
+import gptframe
+from data_pipelines.sft import read_conversations
+chat = gptframe.pipeline("text-generation", model=sys.argv[1])
+val = read_conversations(Path(sys.argv[2]) / "instructions_val.jsonl")
+answers = [a[0]["generated_text"] for a in chat([c.messages[:-1] for c in val], max_new_tokens=12, return_full_text=False)]
+correct = [a.strip() == c.messages[-1]["content"] for a, c in zip(answers, val)]
+for c, a in list(zip(val, answers))[:3]:
+    print(f"user: {c.messages[0]['content']!r}\n  answer: {a!r} (expected {c.messages[-1]['content']!r})")
+print(f"answers: {sum(correct)}/{len(val)} val questions answered exactly ({sum(correct) / len(val):.3f})")
+results = json.loads(Path(sys.argv[3]).read_text())
+results["chat_exact_match"] = sum(correct) / len(val)
+Path(sys.argv[3]).write_text(json.dumps(results, indent=2))
+EOF
+  ;;
+  *) echo "pipeline: $recipe: unknown sample '$sample' (text-generation, fill-mask or chat)" >&2; exit 2 ;;
 esac
 log "done: $dir (results.json, export/)"

@@ -16,6 +16,7 @@ import argparse
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,10 @@ def build(corpus: str, num_speakers: int = 8, val_fraction: float = 0.2, seed: i
     return {"train": train, "val": val, "pretrain": pretrain, "stats": stats}
 
 
-def write(out_dir: str | Path, num_speakers: int = 8, val_fraction: float = 0.2, seed: int = 1337) -> dict:
-    """Write the task files atomically (a temporary dir renamed into place); returns the stats."""
+def write(out_dir: str | Path, num_speakers: int = 8, val_fraction: float = 0.2, seed: int = 1337,
+          extra: Callable[[Path, dict], None] | None = None) -> dict:
+    """Write the task files atomically (a temporary dir renamed into place); returns the stats. `extra(tmp, built)`
+    may add files derived from the same split (e.g. shakespeare_instructions) into the same publication."""
     out_dir = Path(out_dir)
     result = build(TINY_SHAKESPEARE.read_text(encoding="utf-8"), num_speakers, val_fraction, seed)
     def fill(tmp: Path) -> None:
@@ -99,6 +102,8 @@ def write(out_dir: str | Path, num_speakers: int = 8, val_fraction: float = 0.2,
                     f.write(json.dumps({"text": p.text, "label": p.speaker}) + "\n")
         (tmp / "pretrain.txt").write_text(result["pretrain"], encoding="utf-8")
         (tmp / "stats.json").write_text(json.dumps(result["stats"], indent=2))
+        if extra is not None:
+            extra(tmp, result)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     publish_dir(out_dir, fill, replace=True)

@@ -71,15 +71,18 @@ def add_file_log(run_dir: Path, name: str) -> None:
 
 def parse_key_values(argv: list[str], schema: type, verbatim: tuple[str, ...] = ()):
     """key=value arguments checked against a dataclass (unknown keys, bad types and missing values fail with a
-    ConfigError). Values are taken as written; `null`/`none` mean None except for the `verbatim` keys."""
+    ConfigError). Values are taken as written; `null`/`none` mean None except for the `verbatim` keys; a list field
+    takes `[a, b]` (YAML flow) or one item."""
     from dataclasses import fields
 
+    import yaml
     from omegaconf import OmegaConf
 
     from gptframe.errors import ConfigError
 
     cfg = OmegaConf.structured(schema)
     known = sorted(f.name for f in fields(schema))
+    lists = {f.name for f in fields(schema) if "list[" in str(f.type)}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep:
@@ -87,7 +90,12 @@ def parse_key_values(argv: list[str], schema: type, verbatim: tuple[str, ...] = 
         if key not in known:
             raise ConfigError(f"unknown argument {key!r} (keys: {', '.join(known)})")
         try:
-            cfg[key] = None if value.lower() in ("null", "none") and key not in verbatim else value
+            if value.lower() in ("null", "none") and key not in verbatim:
+                cfg[key] = None
+            elif key in lists:  # [a, b] as YAML's flow list (as Hydra reads it), anything else one item
+                cfg[key] = yaml.safe_load(value) if value.startswith("[") else [value]
+            else:
+                cfg[key] = value
         except Exception as e:
             raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
     try:

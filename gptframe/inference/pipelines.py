@@ -8,6 +8,7 @@ was tuned on.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -23,7 +24,9 @@ from data_pipelines.token_classification_eval import (
     subword_flags,
 )
 from gptframe.errors import CheckpointError
-from gptframe.inference.generate import encode_prompt, generate_tokens
+from gptframe.inference.chat import chat_replies
+from gptframe.inference.decoding import GenerationSettings, generate
+from gptframe.inference.generate import encode_prompt
 from gptframe.loading import LoadedModel, load_model, require_task
 from gptframe.models.factory import backbone
 
@@ -47,16 +50,24 @@ def _where(model: str | Path | LoadedModel) -> str:
 
 
 class TextGenerationPipeline:
-    """pipe(prompt or [prompts], max_new_tokens=..., do_sample=..., ...) -> [{"generated_text": prompt + continuation}]"""
+    """pipe(prompt or [prompts], max_new_tokens=..., do_sample=..., ...) -> [{"generated_text": prompt + continuation}]
+
+    Chat, as transformers: a conversation ([{"role", "content"}, ...]) or a list of them gives, per conversation,
+    [{"generated_text": the conversation + {"role": "assistant", "content": reply}}] (return_full_text=False: the
+    reply alone), rendered with the tokenizer's chat template as SFT trained on it, ending at the end of the turn.
+    Any decoding option of `GenerationSettings` passes through: num_beams, length_penalty, early_stopping,
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens, eos_token_id (an id or a list), stop_strings.
+    """
 
     def __init__(self, model_path: str | Path | LoadedModel, device: str | None = None):
         loaded, self.device = _load(model_path, device)
         require_task(loaded, "clm", "text-generation", _where(model_path), causal=True)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.where = _where(model_path)
 
     def __call__(
         self,
-        text_inputs: str | list[str],
+        text_inputs: str | list[str] | list[dict] | list[list[dict]],
         max_new_tokens: int = 50,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -65,30 +76,54 @@ class TextGenerationPipeline:
         num_return_sequences: int = 1,
         seed: int | None = None,
         return_full_text: bool = True,
+        **options,
     ):
-        prompts = [text_inputs] if isinstance(text_inputs, str) else list(text_inputs)
+        try:
+            settings = GenerationSettings(
+                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                num_return_sequences=num_return_sequences, vocab_size=self.tokenizer.vocab_size, **options,
+            )
+        except TypeError as e:  # an unknown keyword
+            raise ValueError(f"text-generation: {e}") from None
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
+        if _is_conversation(text_inputs):
+            return self._chat([text_inputs], settings, generator, return_full_text)[0]
+        if isinstance(text_inputs, list) and text_inputs and all(_is_conversation(c) for c in text_inputs):
+            return self._chat(text_inputs, settings, generator, return_full_text)
+        prompts = [text_inputs] if isinstance(text_inputs, str) else list(text_inputs)
+        if settings.eos_token_id is None and self.tokenizer.eos_id is not None:
+            settings = replace(settings, eos_token_id=self.tokenizer.eos_id)
+        ends = set(settings.eos_ids)
         outputs = []
-        for prompt in prompts:
-            ids = encode_prompt(self.tokenizer, prompt)
-            steps = list(
-                generate_tokens(
-                    self.model, ids, max_new_tokens, do_sample=do_sample, temperature=temperature, top_k=top_k,
-                    top_p=top_p, num_samples=num_return_sequences, vocab_size=self.tokenizer.vocab_size,
-                    eos_id=self.tokenizer.eos_id, generator=generator,
-                )
-            )
-            new = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in range(num_return_sequences)]
-            results = []
-            for seq in new:
-                if self.tokenizer.eos_id is not None and self.tokenizer.eos_id in seq:
-                    seq = seq[: seq.index(self.tokenizer.eos_id)]
-                continuation = self.tokenizer.decode(seq)
-                results.append({"generated_text": (prompt if return_full_text else "") + continuation})
-            outputs.append(results)
+        for prompt in prompts:  # one at a time: a seeded run draws the same numbers whatever the other prompts
+            rows = generate(self.model, [encode_prompt(self.tokenizer, prompt)], settings, generator=generator,
+                            decode=self.tokenizer.decode)[0]
+            outputs.append([
+                {"generated_text": (prompt if return_full_text else "")
+                 + self.tokenizer.decode(seq[:-1] if seq and seq[-1] in ends else seq)}
+                for seq in rows
+            ])
         return outputs[0] if isinstance(text_inputs, str) else outputs
+
+    def _chat(self, conversations, settings, generator, return_full_text: bool) -> list[list[dict]]:
+        if self.tokenizer.chat_template is None:
+            raise ValueError(
+                f"text-generation: {self.where} has no chat template, so it cannot take messages (fine-tune it with "
+                "task=sft, which adds one, or pass a plain text prompt)"
+            )
+        replies = chat_replies(self.model, self.tokenizer, conversations, settings, generator=generator)
+        return [
+            [{"generated_text": [*messages, {"role": "assistant", "content": reply}] if return_full_text else reply}
+             for reply in rows]
+            for messages, rows in zip(conversations, replies, strict=True)
+        ]
+
+
+def _is_conversation(value) -> bool:
+    """A list of {role, content} messages (transformers' chat input)."""
+    return isinstance(value, list) and bool(value) and all(isinstance(m, dict) and "role" in m for m in value)
 
 
 class _EncoderPipeline:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
 import torch.nn as nn
 
 from gptframe.registry import architecture, architecture_of
@@ -78,6 +79,10 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> str:
         if src.keys() == tgt.keys() and all(src[k].shape == tgt[k].shape for k in src):
             target.load_state_dict(src)
             return "all weights"
+        grown = _grown_vocab_rows(src, tgt, source.config.vocab_size, target.config.vocab_size)
+        if grown is not None:
+            target.load_state_dict(grown)
+            return f"all weights, vocabulary {source.config.vocab_size} -> {target.config.vocab_size} (new rows: the mean)"
     # Per-token heads have no pooler: the source's extra backbone parts are left out, and parts the source lacks
     # (a pooler, when a sequence classifier starts from a token classifier) stay freshly initialised.
     wanted = backbone(target).state_dict().keys()
@@ -86,3 +91,23 @@ def transfer_weights(source: nn.Module, target: nn.Module) -> str:
     )
     fresh = f"; fresh: {', '.join(sorted({k.split('.')[0] for k in result.missing_keys}))}" if result.missing_keys else ""
     return f"the {type(backbone(target)).__name__} backbone (new {type(target).__name__} heads{fresh})"
+
+
+def _grown_vocab_rows(src: dict, tgt: dict, old_vocab: int | None, new_vocab: int | None) -> dict | None:
+    """`src` for a model whose vocabulary grew (e.g. by a chat template's tokens): each tensor with a vocab-sized
+    first dimension (embedding, LM head, their biases) keeps its old rows and gets the mean of them as each new row,
+    so new tokens start as an average token (as transformers' resize_token_embeddings(mean_resizing=True)) rather
+    than at random logits that dominate the softmax. None when the models differ otherwise."""
+    if src.keys() != tgt.keys() or old_vocab is None or new_vocab is None or new_vocab <= old_vocab:
+        return None
+    out = {}
+    for key, value in src.items():
+        shape = tgt[key].shape
+        if value.shape == shape:
+            out[key] = value
+        elif value.dim() and value.shape[0] == old_vocab and shape[0] == new_vocab and value.shape[1:] == shape[1:]:
+            mean = value.float().mean(0, keepdim=True).to(value.dtype)
+            out[key] = torch.cat([value, mean.expand(new_vocab - old_vocab, *value.shape[1:])])
+        else:
+            return None
+    return out

@@ -66,6 +66,19 @@ class TrainingTask(L.LightningModule):
     epoch_based: bool = False  # trainer.max_epochs sets the steps (the datamodule has steps_per_epoch)
     lm_head_flops: bool = True  # the vocabulary projection runs per token (false: a per-sequence head)
     samples: str | None = None  # the W&B samples table of this task (gptframe.training.loggers.ModelSamples)
+    # the task whose model this one trains (spec.models key): its own name unless it fine-tunes another task's model
+    # (SFT trains the causal LM), which its checkpoints then load, generate and export as
+    model_task: str
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "model_task" not in cls.__dict__ and "name" in cls.__dict__:
+            cls.model_task = cls.name
+
+    @classmethod
+    def check_architecture(cls, spec) -> None:
+        """Raises ValueError (a clear message) when the architecture cannot be trained for this task."""
+        spec.model_class(cls.model_task)
 
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels: list[str] | None) -> TaskData:
@@ -95,7 +108,7 @@ class TrainingTask(L.LightningModule):
         self.model_config = model_config_from_dict(model_config)
         self.task = self.config_class(**task_config)
         self.labels = labels
-        self.model = build_model(self.name, self.model_config, num_labels=len(labels) if labels else None)
+        self.model = build_model(self.model_task, self.model_config, num_labels=len(labels) if labels else None)
         self.max_steps = max_steps
         self.compile = compile
         self.activation_checkpointing = activation_checkpointing
@@ -156,6 +169,7 @@ class TrainingTask(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "format": CHECKPOINT_FORMAT,
             "task": self.name,
+            "model_task": self.model_task,  # what the weights are (loading builds this model)
             "model_config": asdict(self.model_config),
             "labels": self.labels,
             "tokenizer_files": self.tokenizer_files,

@@ -242,21 +242,19 @@ class ModelSamples(L.Callback):
                 log.info("wandb: no samples table for a sharded (FSDP) model")
                 self._told_sharded = True
             return
-        prepared = getattr(trainer.datamodule, "prepared", None)
-        if prepared is None:
-            return
         from data_pipelines.tokenizers import tokenizer_from_files
         from gptframe.loading import LoadedModel
 
         if self._tokenizer is None:
             self._tokenizer = tokenizer_from_files(pl_module.tokenizer_files)
-        loaded = LoadedModel(model, self._tokenizer, pl_module.name, pl_module.model_config)
+        loaded = LoadedModel(model, self._tokenizer, pl_module.model_task, pl_module.model_config)
         was_training = model.training
         model.eval()
         try:
             with _eager():
-                # the task names its table: _generations (decoders' continuations) or _fill_mask (masked LMs)
-                columns, rows = getattr(self, f"_{pl_module.samples}")(loaded, prepared.tokens("val"))
+                # the task names its table: _generations (decoders' continuations), _fill_mask (masked LMs) or
+                # _chat (answers to val conversations)
+                columns, rows = getattr(self, f"_{pl_module.samples}")(loaded, trainer.datamodule)
         finally:
             model.train(was_training)
         if rows:
@@ -269,9 +267,12 @@ class ModelSamples(L.Callback):
         starts = np.linspace(0, max(0, len(tokens) - length), self.num_samples).astype(int)
         return [[int(t) for t in tokens[s : s + length] if int(t) not in special] for s in sorted(set(starts))]
 
-    def _generations(self, loaded, tokens: np.ndarray) -> tuple[list[str], list[list[str]]]:
+    def _generations(self, loaded, datamodule) -> tuple[list[str], list[list[str]]]:
         from gptframe.inference.pipelines import TextGenerationPipeline
 
+        if getattr(datamodule, "prepared", None) is None:
+            return [], []
+        tokens = datamodule.prepared.tokens("val")
         tokenizer = loaded.tokenizer
         length = max(1, min(self.PROMPT_TOKENS, loaded.config.block_size // 2))
         prompts = [tokenizer.decode(ids) for ids in self._windows(tokens, length, set(tokenizer.special_ids.values()))]
@@ -281,12 +282,13 @@ class ModelSamples(L.Callback):
         )
         return ["prompt", "continuation"], [[p, out[0]["generated_text"]] for p, out in zip(prompts, outputs, strict=True)]
 
-    def _fill_mask(self, loaded, tokens: np.ndarray) -> tuple[list[str], list[list[str]]]:
+    def _fill_mask(self, loaded, datamodule) -> tuple[list[str], list[list[str]]]:
         from gptframe.inference.pipelines import FillMaskPipeline
 
         tokenizer = loaded.tokenizer
-        if tokenizer.mask_id is None:
+        if tokenizer.mask_id is None or getattr(datamodule, "prepared", None) is None:
             return [], []
+        tokens = datamodule.prepared.tokens("val")
         pipe = FillMaskPipeline(loaded)
         mask = tokenizer.decode([tokenizer.mask_id])
         length = max(4, min(self.SENTENCE_TOKENS, loaded.config.max_position_embeddings - 2))
@@ -304,6 +306,42 @@ class ModelSamples(L.Callback):
                 continue
             rows.append([text, answer, *(f"{c['token_str']} ({c['score']:.2f})" for c in candidates)])
         return ["text", "answer", *(f"prediction_{i + 1}" for i in range(self.TOP_K))], rows
+
+
+    def _chat(self, loaded, datamodule) -> tuple[list[str], list[list[str]]]:
+        rows = _chat_answers(loaded, getattr(datamodule, "sample_conversations", None) or [], self.max_new_tokens)
+        return ["prompt", "answer"], [list(r) for r in rows]
+
+
+def _chat_answers(loaded, conversations: list, max_new_tokens: int) -> list[tuple[str, str]]:
+    """(last user message, greedy reply) per conversation, generated as gptframe.pipeline's chat generates."""
+    from gptframe.inference.chat import chat_replies
+    from gptframe.inference.decoding import GenerationSettings
+
+    if not conversations:
+        return []
+    replies = chat_replies(loaded.model, loaded.tokenizer, conversations, GenerationSettings(max_new_tokens=max_new_tokens))
+    return [(c[-1]["content"], r[0]) for c, r in zip(conversations, replies, strict=True)]
+
+
+def chat_samples(pl_module, datamodule, max_new_tokens: int) -> list[tuple[str, str]]:
+    """A training task's answers to its datamodule's `sample_conversations` (greedy, eval mode, eager), for the log.
+    Empty for a sharded (FSDP) model: a forward pass on one rank alone would wait for the others."""
+    from data_pipelines.tokenizers import tokenizer_from_files
+    from gptframe.loading import LoadedModel
+
+    model = pl_module.model
+    if _is_sharded(model):
+        return []
+    tokenizer = tokenizer_from_files(pl_module.tokenizer_files)
+    loaded = LoadedModel(model, tokenizer, pl_module.model_task, pl_module.model_config)
+    was_training = model.training
+    model.eval()
+    try:
+        with _eager(), torch.no_grad():
+            return _chat_answers(loaded, getattr(datamodule, "sample_conversations", None) or [], max_new_tokens)
+    finally:
+        model.train(was_training)
 
 
 def _mask_middle_word(text: str, mask: str) -> tuple[str, str] | None:

@@ -85,7 +85,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
     source = resolve_source(cfg, ckpt_path)
     spec = architecture_of(source.model_config)
     try:
-        spec.model_class(task_name)
+        task_cls.check_architecture(spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     data = task_cls.build_data(cfg, source.tokenizer, source.model_config, source.labels)

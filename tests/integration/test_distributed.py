@@ -230,3 +230,26 @@ def test_token_classification_data_parallel_matches_single_process(tmp_path, cac
             assert distributed[key] == pytest.approx(single[key], abs=TOLERANCE), (strategy, key)
         for key in ("val_f1", "val_precision", "val_recall", "val_accuracy"):
             assert distributed[key] == pytest.approx(single[key], abs=1e-6), (strategy, key)
+
+
+def test_sft_ddp_and_fsdp_match_single_process(tmp_path, cache_dir, shakespeare_text):
+    """task=sft: the loss is averaged per response token over the global batch, so 2 ranks x batch 4 (DDP, FSDP)
+    train exactly as 1 process x batch 8, although the ranks' micro-batches hold different numbers of response
+    tokens."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_text[:40_000])
+    context = ["model.block_size=64", "model.dropout=0.0"]
+    pretrained = _single(tmp_path / "pre", cache_dir, *TINY_RUN, *context, f"data.path={corpus}", "trainer.max_steps=10")
+    names = ["romeo", "juliet", "hamlet", "lear", "macbeth", "othello", "portia", "viola"]
+    train = [{"instruction": f"Greet {n}.", "output": f"Hail, {n}!" + " o" * i} for i, n in enumerate(names * 4)]
+    (tmp_path / "train.json").write_text(json.dumps(train))
+    (tmp_path / "val.json").write_text(json.dumps(train[:6]))
+    args = [*TINY_RUN, *context, "task=sft", f"model.init_from={pretrained['checkpoint']}",
+            f"data.train_path={tmp_path / 'train.json'}", f"data.val_path={tmp_path / 'val.json'}",
+            "trainer.max_epochs=null", "trainer.max_steps=8", "trainer.val_check_interval=4", "task.lr_decay_steps=8",
+            "task.lr=3e-3", "task.warmup_steps=2", "task.sample_prompts=0"]
+    single = _single(tmp_path / "single", cache_dir, *args, "data.batch_size=8")
+    for strategy in ("ddp", "fsdp"):
+        distributed = _launch(tmp_path / strategy, cache_dir, *args, *CPU, f"trainer={strategy}", "data.batch_size=4")
+        assert distributed["world_size"] == 2 and distributed["step"] == single["step"] == 8
+        assert distributed["val_loss"] == pytest.approx(single["val_loss"], abs=TOLERANCE), strategy

@@ -100,6 +100,24 @@ def test_llama_pipeline_pretrains_fine_tunes_exports_and_samples(tmp_path, cache
         assert config["architectures"] == [hf_class] and config["num_key_value_heads"] == 1
 
 
+def test_gpt_sft_pipeline_pretrains_then_instruction_tunes_and_chats(tmp_path, cache_dir):
+    """The recipe's own data stage and finetune_data: task=sft on questions derived from the speaker task."""
+    out = tmp_path / "pipe"
+    res = _pipeline("gpt_sft", out, cache_dir, *GPT[:-2], "pretrain.model.block_size=64")
+    fine = json.loads((out / "finetune" / "summary.json").read_text())
+    assert fine["task"] == "sft" and fine["data"] == [str(out / "data" / f"instructions_{s}.jsonl") for s in ("train", "val")]
+    counts, stats = fine["sft_examples"]["train"], json.loads((out / "data" / "stats.json").read_text())
+    assert counts["examples"] == stats["num_train"] and 0 < counts["kept"] == counts["examples"] - counts["dropped_too_long"]
+    assert fine["tokenizer"]["kind"] == "chat"
+    results = json.loads((out / "results.json").read_text())
+    assert results["finetune_task"] == "sft" and 0.0 <= results["chat_exact_match"] <= 1.0
+    assert "sft fine-tuning: val loss" in res.stdout and "answers:" in res.stdout and "user: 'Which character" in res.stdout
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(out / "export" / "finetuned")
+    assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+
+
 def test_pipeline_rejects_unknown_arch_and_malformed_overrides(tmp_path):
     for args in (["roberta"], ["gpt", "not-an-override"]):
         res = subprocess.run(["bash", "launch/pipeline.sh", *args, f"pipeline.dir={tmp_path}/p"], capture_output=True,
