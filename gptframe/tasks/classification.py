@@ -15,10 +15,9 @@ from data_pipelines.datamodule import ClassificationDataModule
 from data_pipelines.datasets import IGNORE_INDEX
 from data_pipelines.errors import DataError
 from gptframe.config import OptimizerSchedule
-from gptframe.errors import ConfigError
 from gptframe.registry import architecture_of
 from gptframe.tasks.base import TaskData, TrainingTask
-from gptframe.tasks.data import context_length, sized_for, tokenizer_for_file
+from gptframe.tasks.data import context_length, require_train_val, sized_for, tokenizer_for_file
 
 
 @dataclass
@@ -46,8 +45,7 @@ class ClassificationTask(TrainingTask):
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
         data = cfg.data
-        if not data.train_path or not data.val_path:
-            raise ConfigError("task=classification needs data.train_path and data.val_path (CSV, TSV or JSONL files)")
+        require_train_val(cfg, "CSV, TSV or JSONL files")
         context = context_length(model_config)
         max_len = min(cfg.task.max_seq_len or context, context)
         pair_column = data.text_pair_column or None

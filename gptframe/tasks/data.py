@@ -38,6 +38,13 @@ def example_length(requested: int | None, model_config, key: str = "task.max_seq
     return length
 
 
+def require_train_val(cfg, formats: str) -> tuple[str, str]:
+    """(data.train_path, data.val_path) of a fine-tuning task on labeled files; both must be given."""
+    if not cfg.data.train_path or not cfg.data.val_path:
+        raise ConfigError(f"task={cfg.task.name} needs data.train_path and data.val_path ({formats})")
+    return cfg.data.train_path, cfg.data.val_path
+
+
 def tokenizer_for_file(cfg, path: str) -> Tokenizer:
     """Training from scratch on labeled files: tokenizer.path, or a tokenizer trained on `path`'s texts."""
     corpus = open_corpus(path, "auto", cfg.data.text_column)

@@ -16,9 +16,8 @@ from data_pipelines.question_answering import QAFeatureDataset, build_qa_feature
 from data_pipelines.question_answering_eval import QAEvaluation
 from data_pipelines.span_datamodule import QuestionAnsweringDataModule
 from gptframe.config import OptimizerSchedule
-from gptframe.errors import ConfigError
 from gptframe.tasks.base import TaskData, TrainingTask
-from gptframe.tasks.data import example_length, sized_for, tokenizer_for_texts
+from gptframe.tasks.data import example_length, require_train_val, sized_for, tokenizer_for_texts
 
 
 @dataclass
@@ -55,9 +54,7 @@ class QuestionAnsweringTask(TrainingTask):
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
         data, task = cfg.data, cfg.task
-        if not data.train_path or not data.val_path:
-            raise ConfigError("task=question_answering needs data.train_path and data.val_path (SQuAD JSON, or flat "
-                              "JSON / JSONL records of id, question, context, answers)")
+        require_train_val(cfg, "SQuAD JSON, or flat JSON / JSONL records of id, question, context, answers")
         max_len = example_length(task.max_seq_len, model_config)
         train, val = read_qa(data.train_path), read_qa(data.val_path)
         if tokenizer is None:

@@ -31,7 +31,7 @@ from data_pipelines.tokenizers.chat import with_chat_template
 from gptframe.config import OptimizerSchedule
 from gptframe.errors import ConfigError
 from gptframe.tasks.base import TaskData, TrainingTask
-from gptframe.tasks.data import example_length, sized_for
+from gptframe.tasks.data import example_length, require_train_val, sized_for
 
 log = logging.getLogger("gptframe")
 
@@ -93,8 +93,7 @@ class SFTTask(TrainingTask):
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
         data, task = cfg.data, cfg.task
-        if not data.train_path or not data.val_path:
-            raise ConfigError("task=sft needs data.train_path and data.val_path (.json or .jsonl chat or instruction files)")
+        require_train_val(cfg, ".json or .jsonl chat or instruction files")
         if tokenizer is None:
             raise ConfigError("task=sft fine-tunes a pretrained decoder: set model.init_from=CHECKPOINT_OR_HF_DIR")
         tokenizer = with_chat_template(tokenizer)

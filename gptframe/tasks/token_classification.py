@@ -34,7 +34,7 @@ from data_pipelines.token_classification_eval import (
 from gptframe.config import OptimizerSchedule
 from gptframe.errors import ConfigError
 from gptframe.tasks.base import TaskData, TrainingTask
-from gptframe.tasks.data import context_length, sized_for, tokenizer_for_file
+from gptframe.tasks.data import context_length, require_train_val, sized_for, tokenizer_for_file
 
 MODES = ("default", "strict")
 
@@ -70,9 +70,7 @@ class TokenClassificationTask(TrainingTask):
     @classmethod
     def build_data(cls, cfg, tokenizer, model_config, labels) -> TaskData:
         data, task = cfg.data, cfg.task
-        if not data.train_path or not data.val_path:
-            raise ConfigError("task=token_classification needs data.train_path and data.val_path (CoNLL-style or "
-                              "JSONL tagged sentences)")
+        require_train_val(cfg, "CoNLL-style or JSONL tagged sentences")
         context = context_length(model_config)
         max_len = min(task.max_seq_len or context, context)  # the default 128 on a shorter model: its context
         train = read_tagged(data.train_path, labels)

@@ -380,19 +380,6 @@ class LlamaForSequenceClassification(nn.Module):
         pooled = hidden[torch.arange(input_ids.size(0), device=input_ids.device), last]
         return self.score(pooled)
 
-    def hidden_states(
-        self,
-        input_ids: torch.Tensor,
-        kv_cache: KVCache | None = None,
-        *,
-        position_ids: torch.Tensor | None = None,
-        attn_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.model(input_ids, kv_cache, position_ids=position_ids, attn_mask=attn_mask)
-
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        return new_kv_cache(self.model, batch_size, max_len)
-
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters; non_embedding: without the token embedding (a lookup: no LM head multiplies by it)."""
         n = sum(p.numel() for p in self.parameters())
