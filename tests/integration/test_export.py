@@ -94,12 +94,12 @@ def test_export_cli_rejects_bad_input_with_one_line(checkpoint, tmp_path):
     assert res.stderr.strip().count("\n") == 0 and "truncated" in res.stderr and str(truncated) in res.stderr
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["truncated.ckpt"]
 
-    (tmp_path / "llama").mkdir()
-    (tmp_path / "llama" / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "model_type": "llama"}')
+    (tmp_path / "mixtral").mkdir()
+    (tmp_path / "mixtral" / "config.json").write_text('{"architectures": ["MixtralForCausalLM"], "model_type": "mixtral"}')
     (out / "x").mkdir(parents=True)
-    res = run_cli("gptframe-export", f"ckpt={tmp_path / 'llama'}", f"out={tmp_path / 'out2'}", "head=masked_lm")
+    res = run_cli("gptframe-export", f"ckpt={tmp_path / 'mixtral'}", f"out={tmp_path / 'out2'}", "head=masked_lm")
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0
-    assert "unsupported architecture LlamaForCausalLM" in res.stderr and "GPT2LMHeadModel" in res.stderr
+    assert "unsupported architecture MixtralForCausalLM" in res.stderr and "GPT2LMHeadModel" in res.stderr
     res = run_cli("gptframe-export", f"ckpt={checkpoint}", f"out={out}", "overwrite=false")
     assert res.returncode == 2 and "exists and is not empty" in res.stderr and res.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out2").exists() and [p.name for p in out.iterdir()] == ["x"]
