@@ -203,7 +203,8 @@ def _validated_as_final(history, trainer, datamodule, trainer_cfg) -> bool:
     """True when training ended with a validation that the final evaluation would repeat exactly (same step, same
     batches): running it again costs a whole val pass (for QA on CPU, as long as several training steps)."""
     same_batches = not hasattr(datamodule, "eval_batches") or trainer_cfg.final_eval_batches == trainer_cfg.eval_batches
-    return bool(history.val) and history.val[-1][0] == trainer.global_step and same_batches
+    ran_here = "val/loss" in trainer.callback_metrics  # not when a finished run is resumed and fit does nothing
+    return bool(history.val) and history.val[-1][0] == trainer.global_step and same_batches and ran_here
 
 
 def _accumulation_for(cfg, tokens_per_micro_step: int):

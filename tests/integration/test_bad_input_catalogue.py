@@ -244,7 +244,7 @@ def test_pipeline_stage_check(case, monkeypatch, capsys):
 
 PIPELINE_SCRIPT = {
     "no_arguments": ([], "usage:"),
-    "unknown_recipe": (["roberta"], "pipeline: unknown recipe 'roberta' (expected one of: bert gpt llama)"),
+    "unknown_recipe": (["roberta"], "pipeline: unknown recipe 'roberta' (expected one of: bert gpt gpt_sft llama)"),
     "not_key_value": (["gpt", "fast"], "pipeline: 'fast' is not KEY=VALUE"),
     "finetune_typo": (["gpt", "finetune.trainer.max_epocs=3"], "pipeline: finetune: error: Could not override"),
 }
