@@ -38,6 +38,7 @@ from data_pipelines.tokenizers import (
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+WORK_UNIT_RULE = 2  # bump when how pieces group into work units changes: shards of an older rule are never resumed
 INDEX_FILE = "index.json"
 SPLITS = ("train", "val")
 
@@ -229,7 +230,7 @@ def prepare_dataset(
     """The corpus's token shards, cached under a key of its content, the split and the tokenizer.
 
     The work is cut into shards of `shard_units` work units, numbered in stream order; rank r tokenizes shards
-    r, r + world_size, ... into `<key>.parts/`, keeping any a previous (interrupted) run finished. The rank that finds
+    r, r + world_size, ... into `<key>.<plan>.parts/`, keeping any a previous (interrupted) run of the same plan finished. The rank that finds
     every shard done concatenates them in order into `<split>.bin` and publishes the directory: the same bytes and the
     same index whatever the number of ranks. One process (world_size 1) holds the lock throughout, so the ranks of a
     training job that all call this wait for the first instead of repeating its work."""
@@ -242,7 +243,7 @@ def prepare_dataset(
             f"{corpus.description} has {corpus.num_documents} documents but the {tokenizer.kind} tokenizer has no "
             "end-of-text id to separate them; use a tokenizer with an eos token"
         )
-    plan = _ShardPlan(corpus, splits, tokenizer, target.with_name(target.name + ".parts"), shard_units)
+    plan = _ShardPlan(corpus, splits, tokenizer, _parts_dir(target, shard_units), shard_units)
     if world_size == 1:
         with lock:
             if (done := _reuse(target)) is not None:
@@ -260,6 +261,13 @@ def prepare_dataset(
                      rank, world_size, corpus.description)
             return None
         return plan.publish(target, split_settings)
+
+
+def _parts_dir(target: Path, shard_units: int) -> Path:
+    """Where the shards of an unfinished preparation go, named by what decides their contents (units per shard and
+    the rule that groups pieces into units): a rerun with another plan starts afresh instead of taking shards that
+    hold other units."""
+    return target.with_name(f"{target.name}.{shard_units}u{WORK_UNIT_RULE}.parts")
 
 
 def _reuse(target: Path, lock: FileLock | None = None) -> PreparedData | None:
@@ -385,7 +393,8 @@ class _ShardPlan:
             log.info("data: prepared %s: %s tokens -> %s", self.corpus.description, counts, target)
 
         publish_dir(target, write)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        for parts in target.parent.glob(f"{target.name}.*.parts"):  # this plan's, and any other plan's left over
+            shutil.rmtree(parts, ignore_errors=True)
         return PreparedData.load(target)
 
     def _concatenate(self, split: str, out: Path) -> tuple[int, str]:
@@ -471,15 +480,18 @@ def publish_dir(target: Path, fill, replace: bool = False) -> None:
 
 
 def _work_units(pieces: Iterable[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
-    """Group pieces (long text chunks or short rows) into units of about TEXT_CHUNK_CHARS characters."""
+    """Group pieces (long text chunks or short rows) into units of at most TEXT_CHUNK_CHARS characters (or one piece
+    when it alone is longer). The bound keeps a worker's peak memory flat in corpus size: grouping until a unit
+    *reached* the size let the short last chunk of a file join the next file's full chunk, and the worst such pair
+    (up to 2x the size, in encode's Python lists) grew with the number of files (RESULTS section 8)."""
     unit: list[tuple[str, bool]] = []
     size = 0
     for piece in pieces:
-        unit.append(piece)
-        size += len(piece[0])
-        if size >= TEXT_CHUNK_CHARS:
+        if unit and size + len(piece[0]) > TEXT_CHUNK_CHARS:
             yield unit
             unit, size = [], 0
+        unit.append(piece)
+        size += len(piece[0])
     if unit:
         yield unit
 

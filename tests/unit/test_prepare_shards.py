@@ -105,6 +105,29 @@ def test_resume_tokenizes_only_the_missing_shards(corpus, reference, tmp_path, m
     assert len(encoded) == 3
 
 
+def test_a_rerun_with_another_shard_size_starts_afresh(corpus, reference, tmp_path):
+    """Shards made with data.shard_units=1 hold other units than shards of 2: a rerun must not take them."""
+    tok, single = reference
+    assert prepare_sources(_data(corpus, tmp_path), CHAR, tok, rank=0, world_size=2)[1] is None
+    other = DataConfig(path=str(corpus), cache_dir=str(tmp_path), num_proc=1, shard_units=2)
+    _, resumed = prepare(other, CHAR, tok)
+    assert _digest(resumed) == _digest(single)
+    assert not list((tmp_path / "datasets").glob("*.parts"))  # both plans' parts are gone once published
+
+
+def test_work_units_are_bounded_and_keep_the_stream():
+    from data_pipelines.prepare import _work_units
+    from data_pipelines.sources import TEXT_CHUNK_CHARS
+
+    # full chunks, the short tail of one file, then the next file's full chunks (and a piece longer than a unit)
+    pieces = [("a" * TEXT_CHUNK_CHARS, False), ("b" * 10, True), ("c" * TEXT_CHUNK_CHARS, False),
+              ("d" * 7, False), ("e" * (TEXT_CHUNK_CHARS + 5), True)] + [("row", True)] * 5
+    units = list(_work_units(iter(pieces)))
+    assert [piece for unit in units for piece in unit] == pieces
+    assert all(sum(len(t) for t, _ in u) <= TEXT_CHUNK_CHARS or len(u) == 1 for u in units)
+    assert [len(u) for u in units] == [1, 1, 1, 1, 1, 5]
+
+
 def test_a_truncated_prepared_split_is_rebuilt(corpus, reference, tmp_path, caplog):
     tok, single = reference
     _, prepared = prepare(_data(corpus, tmp_path), CHAR, tok)
