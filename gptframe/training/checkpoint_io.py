@@ -243,9 +243,50 @@ class KeepLastCheckpoints(_SameStateKey):
         return stale
 
 
+def link_file_atomically(source: Path, path: Path) -> None:
+    """`path` as a second name of the complete file `source` (a hard link), published by rename: all or nothing."""
+    tmp = temporary_name(path)
+    tmp.unlink(missing_ok=True)
+    os.link(source, tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 class KeepBestCheckpoint(_SameStateKey):
     """ModelCheckpoint(save_top_k=1) that, after each validation, deletes any other `best-*` file in its directory:
-    a run killed after saving a new best and resumed from an earlier checkpoint would otherwise keep both."""
+    a run killed after saving a new best and resumed from an earlier checkpoint would otherwise keep both.
+
+    When the best checkpoint was written at this very step, `last.ckpt` becomes a hard link to it instead of a second
+    copy of the same state (fine-tuning improves at most validations: one write instead of two, ~0.5 s per 270 MB
+    here). The last path is fixed from the start, so every file's saved state names it and the two are identical."""
+
+    def __init__(self, **kwargs):
+        super().__init__(enable_version_counter=False, **kwargs)
+        if self.save_last and self.dirpath is not None:
+            self.last_model_path = os.path.join(self.dirpath, self.CHECKPOINT_NAME_LAST + self.FILE_EXTENSION)
+        self.last_saved_step: int | None = None  # the step last.ckpt holds, when this process wrote it
+
+    def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
+        self._write_last(trainer, monitor_candidates)
+        self.last_saved_step = trainer.global_step
+
+    def _write_last(self, trainer, monitor_candidates) -> None:
+        fresh = self._last_global_step_saved == trainer.global_step and self._last_checkpoint_saved == self.best_model_path
+        if not (self.save_last and self.best_model_path and fresh):  # the same on every rank
+            return super()._save_last_checkpoint(trainer, monitor_candidates)
+        best = Path(self.best_model_path)
+        last = Path(self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST))
+        linked = False
+        if trainer.is_global_zero and best.is_file():  # a sharded checkpoint (a directory) is written again
+            try:
+                link_file_atomically(best, last)
+                linked = True
+            except OSError:  # a file system without hard links: write the copy
+                pass
+        if not trainer.strategy.broadcast(linked):  # rank 0's outcome, so every rank takes the same branch
+            return super()._save_last_checkpoint(trainer, monitor_candidates)
+        self.last_model_path = str(last)
+        trainer.strategy.barrier()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         super().on_validation_end(trainer, pl_module)

@@ -143,7 +143,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
 
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)  # never unpickle code
     last = run_dir / "checkpoints" / LAST
-    trainer.save_checkpoint(last, weights_only=False)  # the final step, whether or not it coincided with a validation
+    if parts["best"].last_saved_step != trainer.global_step:  # the final step, unless its validation saved it
+        trainer.save_checkpoint(last, weights_only=False)
 
     if _validated_as_final(parts["history"], trainer, datamodule, trainer_cfg):
         # e.g. epoch-based fine-tuning: the last epoch's validation ran on the final weights over the same batches

@@ -51,6 +51,22 @@ def test_keep_last_checkpoints_keeps_the_newest_periodic_ones(tmp_path, cache_di
     assert len(list(ckpts.glob("best-*"))) == 1
 
 
+def test_last_is_a_hard_link_of_a_best_written_at_the_same_step(tmp_path, cache_dir):
+    _train(tmp_path, cache_dir, "trainer.val_check_interval=20")  # one validation, at the last step: best is last
+    ckpts = tmp_path / "checkpoints"
+    best, last = ckpts / "best-step000020.ckpt", ckpts / "last.ckpt"
+    assert os.path.samefile(best, last)  # one write, two names
+    saved = load_checkpoint(last)["callbacks"]
+    assert [v["last_model_path"] for v in saved.values() if v.get("monitor")] == [str(last)]  # the best callback
+    # resumed, it replaces last.ckpt (a link or a copy, as the new best falls), never adds last-v1.ckpt, and the best
+    # file it linked stays whole when last.ckpt gets a new name
+    _train(tmp_path, cache_dir, "trainer.val_check_interval=20", "trainer.max_steps=40", "resume=auto")
+    names = {p.name for p in ckpts.glob("*.ckpt")}
+    assert {"last.ckpt", "step000040.ckpt"} <= names and not any(n.startswith("last-") for n in names)
+    assert load_checkpoint(last)["global_step"] == 40
+    assert all(_finite(p) for p in ckpts.glob("*.ckpt"))
+
+
 def test_non_finite_gradient_stops_the_run_naming_the_step(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv(INJECT_ENV, "13")
     with pytest.raises(NonFiniteError, match="step 13: the gradient norm is not finite") as info:
