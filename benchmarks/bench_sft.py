@@ -1,10 +1,10 @@
 """Instruction tuning after pretraining: response val loss before and after task=sft, and a few generated answers.
 
     .venv/bin/python benchmarks/bench_sft.py [--sft-data ../shared/data/sft/alpaca_en_demo.json] [--dir outputs/bench-sft]
-        [--pretrain-ckpt PATH] [--pretrain-steps 600] [--sft-epochs 2] [KEY=VALUE ...]
+        [--model llama_micro] [--pretrain-ckpt PATH] [--pretrain-steps 600] [--sft-epochs 2] [KEY=VALUE ...]
 
 1. Splits the Alpaca-style file (seeded): 10% validation, the rest training (JSON arrays in --dir).
-2. Pretrains gpt_micro (SentencePiece 2048, context --block-size) on the bundled Tiny Shakespeare, unless --pretrain-ckpt.
+2. Pretrains --model (conf/model/, default llama_micro; SentencePiece 2048, context --block-size) on the bundled Tiny Shakespeare, unless --pretrain-ckpt.
 3. "Before": the pretrained model's mean cross-entropy per response token on the val split, rendered with the ChatML
    template it gets for SFT (the two new embedding rows at the mean of the old ones, as init_from sets them).
 4. gptframe-train task=sft model.init_from=<pretrained> on the split; "after" is its summary's val loss (the same
@@ -79,6 +79,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sft-data", default=str(REPO.parent / "shared" / "data" / "sft" / "alpaca_en_demo.json"))
     parser.add_argument("--dir", default="outputs/bench-sft")
+    parser.add_argument("--model", default="llama_micro", help="a decoder preset of conf/model/")
     parser.add_argument("--pretrain-ckpt", default=None)
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--block-size", type=int, default=128, help="the pretrained model's context")
@@ -93,7 +94,7 @@ def main() -> None:
     pretrain = None
     ckpt = args.pretrain_ckpt
     if ckpt is None:
-        pretrain = train("task=clm", "model=gpt_micro", f"model.block_size={args.block_size}",
+        pretrain = train("task=clm", f"model={args.model}", f"model.block_size={args.block_size}",
                          "tokenizer=sentencepiece", f"trainer.max_steps={args.pretrain_steps}",
                          f"trainer.val_check_interval={args.pretrain_steps}",
                          f"hydra.run.dir={out / 'pretrain'}", "resume=auto", *quiet)
@@ -115,7 +116,7 @@ def main() -> None:
     answers = [o[0]["generated_text"] for o in chat(prompts, max_new_tokens=64, return_full_text=False,
                                                     repetition_penalty=1.2)]
     results = {
-        "pretrain_checkpoint": ckpt, "pretrain_steps": pretrain["step"] if pretrain else None,
+        "model": args.model if pretrain else None, "pretrain_checkpoint": ckpt, "pretrain_steps": pretrain["step"] if pretrain else None,
         "pretrain_val_loss": pretrain["val_loss"] if pretrain else None,
         "pretrain_wall_s": pretrain["bench_wall_s"] if pretrain else None,
         "sft_examples": sft["sft_examples"], "sft_steps": sft["step"], "sft_wall_s": sft["bench_wall_s"],
