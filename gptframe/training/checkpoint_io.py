@@ -125,9 +125,12 @@ class SafeCheckpointIO(TorchCheckpointIO):
         bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:
             raise _refuse_non_finite(bad, path)
+        t0 = time.perf_counter()
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         write_file_atomically(buffer.getbuffer(), path)
+        log.info("checkpoint: wrote %s (%.0f MB) in %.2f s", path.name, buffer.getbuffer().nbytes / 1e6,
+                 time.perf_counter() - t0)
 
     def load_checkpoint(self, path, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
         path = Path(path)
@@ -281,6 +284,7 @@ class KeepBestCheckpoint(_SameStateKey):
             try:
                 link_file_atomically(best, last)
                 linked = True
+                log.info("checkpoint: %s is %s (a hard link: the same step)", last.name, best.name)
             except OSError:  # a file system without hard links: write the copy
                 pass
         if not trainer.strategy.broadcast(linked):  # rank 0's outcome, so every rank takes the same branch
