@@ -271,7 +271,8 @@ class KeepBestCheckpoint(_SameStateKey):
 
     def _save_last_checkpoint(self, trainer, monitor_candidates) -> None:
         self._write_last(trainer, monitor_candidates)
-        self.last_saved_step = trainer.global_step
+        if self.save_last:
+            self.last_saved_step = trainer.global_step
 
     def _write_last(self, trainer, monitor_candidates) -> None:
         fresh = self._last_global_step_saved == trainer.global_step and self._last_checkpoint_saved == self.best_model_path
