@@ -266,6 +266,8 @@ def main() -> None:
 
     info = machine_info()
     print(f"machine: {info['cpu']} | {info['cores']} cores | {info['mem_gb']} GB | python {info['python']}", flush=True)
+    if args.tmp is not None:
+        args.tmp.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="gptframe-bench-prepare-", dir=args.tmp))
     rows, t_start = [], time.perf_counter()
     try:
