@@ -50,7 +50,7 @@ def build_export(directory: Path) -> Path:
     from data_pipelines.tokenizers import SentencePieceTokenizer
     from gptframe.interop.hf import export_model
     from gptframe.models.gpt import GPT, GPTConfig
-    from gptframe.training.checkpoints import LoadedModel
+    from gptframe.loading import LoadedModel
 
     lines = TINY_SHAKESPEARE.read_text(encoding="utf-8").splitlines()
     tokenizer = SentencePieceTokenizer.train(lambda: lines, vocab_size=2048)
