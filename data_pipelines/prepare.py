@@ -319,18 +319,19 @@ class _ShardPlan:
         self.parts.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         written = 0
-        for split in SPLITS:
-            counted = {"units": 0}
-            writer = _ShardWriter(self)
-            mine = self._assigned_units(split, rank, world_size, counted)
-            with self._progress(split, world_size) as bar:
-                for shard, unit, ids in _encoded_units(mine, self.tokenizer, self.add_eos, self.dtype, num_proc):
-                    writer.add(split, shard, ids)
-                    bar.update(sum(len(text) for text, _ in unit))
-            writer.close()
-            written += writer.shards_written
-            shards = -(-counted["units"] // self.shard_units)
-            _write_atomic(self._count_file(split), str(shards))  # every rank computes the same number
+        with _encoder(self.tokenizer, num_proc) as pool:
+            for split in SPLITS:
+                counted = {"units": 0}
+                writer = _ShardWriter(self)
+                mine = self._assigned_units(split, rank, world_size, counted)
+                with self._progress(split, world_size) as bar:
+                    for shard, unit, ids in _encoded_units(mine, pool, self.add_eos, self.dtype, num_proc):
+                        writer.add(split, shard, ids)
+                        bar.update(sum(len(text) for text, _ in unit))
+                writer.close()
+                written += writer.shards_written
+                shards = -(-counted["units"] // self.shard_units)
+                _write_atomic(self._count_file(split), str(shards))  # every rank computes the same number
         log.info("data: rank %d/%d tokenized %d shard(s) of %s in %.1fs (%d processes)", rank, world_size, written,
                  self.corpus.description, time.perf_counter() - t0, num_proc)
 
@@ -524,27 +525,38 @@ def _encode_unit(unit: list[tuple[str, bool]], add_eos: bool, dtype: np.dtype) -
     return ids.astype(dtype)
 
 
-def _encoded_units(
-    units: Iterator[tuple[object, list]], tokenizer: Tokenizer, add_eos: bool, dtype: np.dtype, num_proc: int
-) -> Iterator[tuple[object, list, np.ndarray]]:
-    """Encode (tag, unit) pairs in order; in parallel with a bounded window so memory stays flat in corpus size."""
+@contextlib.contextmanager
+def _encoder(tokenizer: Tokenizer, num_proc: int) -> Iterator[mp.pool.Pool | None]:
+    """What encodes the work units of every split: this process (num_proc <= 1, None) or one pool of num_proc workers.
+    Forked once, before any split is read: a forked worker's RSS counts the parent's pages it maps at the fork, so a
+    pool forked again after a large split would start from whatever the parent had touched by then."""
     global _worker_tokenizer
     if num_proc <= 1:
         _worker_tokenizer = tokenizer
-        for tag, unit in units:
-            yield tag, unit, _encode_unit(unit, add_eos, dtype)
+        yield None
         return
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     with ctx.Pool(num_proc, initializer=_init_worker, initargs=(tokenizer.to_files(),)) as pool:
-        pending: deque = deque()
+        yield pool
+
+
+def _encoded_units(
+    units: Iterator[tuple[object, list]], pool: mp.pool.Pool | None, add_eos: bool, dtype: np.dtype, num_proc: int
+) -> Iterator[tuple[object, list, np.ndarray]]:
+    """Encode (tag, unit) pairs in order; in parallel with a bounded window so memory stays flat in corpus size."""
+    if pool is None:
         for tag, unit in units:
-            pending.append((tag, unit, pool.apply_async(_encode_unit, (unit, add_eos, dtype))))
-            if len(pending) >= 2 * num_proc:
-                tag_done, done, result = pending.popleft()
-                yield tag_done, done, result.get()
-        while pending:
+            yield tag, unit, _encode_unit(unit, add_eos, dtype)
+        return
+    pending: deque = deque()
+    for tag, unit in units:
+        pending.append((tag, unit, pool.apply_async(_encode_unit, (unit, add_eos, dtype))))
+        if len(pending) >= 2 * num_proc:
             tag_done, done, result = pending.popleft()
             yield tag_done, done, result.get()
+    while pending:
+        tag_done, done, result = pending.popleft()
+        yield tag_done, done, result.get()
 
 
 def prepare_rank_from_env(env: dict | None = None) -> tuple[int, int]:
