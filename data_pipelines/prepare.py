@@ -482,9 +482,8 @@ def publish_dir(target: Path, fill, replace: bool = False) -> None:
 
 def _work_units(pieces: Iterable[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
     """Group pieces (long text chunks or short rows) into units of at most TEXT_CHUNK_CHARS characters (or one piece
-    when it alone is longer). The bound keeps a worker's peak memory flat in corpus size: grouping until a unit
-    *reached* the size let the short last chunk of a file join the next file's full chunk, and the worst such pair
-    (up to 2x the size, in encode's Python lists) grew with the number of files (RESULTS section 8)."""
+    when it alone is longer), so one task's Python lists of ids are bounded: grouping until a unit *reached* the size
+    let the short last chunk of a file join the next file's full chunk (up to twice the size)."""
     unit: list[tuple[str, bool]] = []
     size = 0
     for piece in pieces:
