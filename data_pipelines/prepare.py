@@ -331,9 +331,23 @@ class _ShardPlan:
                 writer.close()
                 written += writer.shards_written
                 shards = -(-counted["units"] // self.shard_units)
-                _write_atomic(self._count_file(split), str(shards))  # every rank computes the same number
+                if not self._write_count(split, shards):
+                    return
         log.info("data: rank %d/%d tokenized %d shard(s) of %s in %.1fs (%d processes)", rank, world_size, written,
                  self.corpus.description, time.perf_counter() - t0, num_proc)
+
+    def _write_count(self, split: str, shards: int) -> bool:
+        """Record the split's shard count (every rank computes the same number). False when the parts are gone: a rank
+        that found every shard done has published the data meanwhile (it removes the parts only after that), so
+        this rank's remaining work is done too."""
+        try:
+            _write_atomic(self._count_file(split), str(shards))
+            return True
+        except FileNotFoundError:
+            if self.parts.exists():
+                raise
+            log.info("data: another rank published %s while this one finished", self.corpus.description)
+            return False
 
     def _progress(self, split: str, world_size: int):
         """A progress bar (characters) for splits of at least PROGRESS_MIN_CHARS; a rank's share has no known total."""

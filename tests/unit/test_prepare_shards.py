@@ -90,6 +90,28 @@ def test_an_interrupted_run_keeps_its_finished_shards(corpus, reference, tmp_pat
     assert f"shard {victim} holds 100 bytes" in caplog.text
 
 
+def test_a_rank_finishing_after_another_published_returns_the_data(corpus, reference, tmp_path, monkeypatch):
+    """Rank 0 is about to record the val shard count when rank 1, finding every shard done, publishes the data and
+    removes the parts: rank 0 must return that data, not fail on the vanished directory (seen in CI)."""
+    import data_pipelines.prepare as prep
+
+    tok, single = reference
+    cfg = _data(corpus, tmp_path)
+    real = prep._write_atomic
+    interleaved: dict = {}
+
+    def write_after_rank_1(path, text):
+        if path.name == "val.shards" and "rank 1" not in interleaved:
+            interleaved["rank 1"] = None  # rank 1's own count writes go straight through
+            interleaved["rank 1"] = prepare_sources(cfg, CHAR, tok, rank=1, world_size=2)[1]
+        real(path, text)
+
+    monkeypatch.setattr(prep, "_write_atomic", write_after_rank_1)
+    done = prepare_sources(cfg, CHAR, tok, rank=0, world_size=2)[1]
+    assert interleaved["rank 1"] is not None and not list((tmp_path / "datasets").glob("*.parts"))  # rank 1 published
+    assert done is not None and _digest(done[0].data) == _digest(single)
+
+
 def test_resume_tokenizes_only_the_missing_shards(corpus, reference, tmp_path, monkeypatch):
     import data_pipelines.prepare as prep
 
