@@ -80,6 +80,9 @@ class TrainerConfig:
     nonfinite_policy: str = "stop"  # NaN/inf loss or grad norm: stop (the newest checkpoint stays the last good) | skip
     nonfinite_max_skips: int = 10  # skip: updates skipped over the run before it stops anyway
     # --- end trust ---
+    # how long a rank waits for the others (connecting the group, a collective); None: torch's default (30 min).
+    # A restarted job whose group cannot connect fails after it, and torchrun / SLURM restarts it again.
+    process_group_timeout_s: int | None = None
     compile: bool = False  # torch.compile the model
     deterministic: bool = False
     enable_progress_bar: bool = True
@@ -90,7 +93,7 @@ class TrainerConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"trainer.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("eval_batches", "final_eval_batches", "checkpoint_every_n_steps", "max_epochs",
-                     "global_batch_tokens", "keep_last_checkpoints"):
+                     "global_batch_tokens", "keep_last_checkpoints", "process_group_timeout_s"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"trainer.{name} must be >= 1 or null, got {value}")

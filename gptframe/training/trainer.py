@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -88,13 +89,21 @@ def build_strategy(cfg: TrainerConfig, find_unused_parameters: bool = False):
         from gptframe.training.checkpoint_io import SafeModelParallelStrategy  # trust: atomic sharded checkpoints
 
         return SafeModelParallelStrategy(
-            data_parallel_size=world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=True
+            data_parallel_size=world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=True,
+            **process_group_timeout(cfg),
         )
     if cfg.strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True)
+        return DDPStrategy(find_unused_parameters=find_unused_parameters, gradient_as_bucket_view=True,
+                           **process_group_timeout(cfg))
     return "auto"
+
+
+def process_group_timeout(cfg: TrainerConfig) -> dict:
+    """The strategy's `timeout` keyword when the config sets one (else the strategy keeps torch's default)."""
+    seconds = cfg.process_group_timeout_s
+    return {} if seconds is None else {"timeout": timedelta(seconds=seconds)}
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:

@@ -18,7 +18,8 @@ from tests.conftest import BIN, REPO, TINY_RUN
 pytestmark = pytest.mark.slow
 
 RUN = [*TINY_RUN, "trainer=ddp", "trainer.accelerator=cpu", "data.batch_size=4", "trainer.max_steps=40",
-       "trainer.val_check_interval=20", "trainer.checkpoint_every_n_steps=5", "task.lr_decay_steps=40"]
+       "trainer.val_check_interval=20", "trainer.checkpoint_every_n_steps=5", "task.lr_decay_steps=40",
+       "trainer.process_group_timeout_s=60"]  # a restarted group that hangs connecting fails in 60 s and restarts
 
 
 def _torchrun(run_dir: Path, cache_dir: Path) -> subprocess.Popen:

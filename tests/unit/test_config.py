@@ -78,11 +78,27 @@ def test_typos_and_wrong_types_fail_at_composition(override, match):
     "override,match",
     [("trainer.max_steps=-1", "trainer.max_steps must be >= 1"), ("model.n_head=5", "divisible"),
      ("tokenizer.kind=bpe", "tokenizer.kind must be"), ("task.min_lr=1.0", "min_lr"),
-     ("data.val_fraction=0", "val_fraction"), ("trainer.eval_batches=0", "eval_batches")],
+     ("data.val_fraction=0", "val_fraction"), ("trainer.eval_batches=0", "eval_batches"),
+     ("trainer.process_group_timeout_s=0", "process_group_timeout_s")],
 )
 def test_bad_values_fail_before_any_work(override, match):
     with pytest.raises(ConfigError, match=match):
         to_typed(compose([override]))
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "fsdp"])
+def test_the_process_group_timeout_reaches_the_strategy(trainer):
+    from datetime import timedelta
+
+    from torch.distributed.constants import default_pg_timeout
+
+    from gptframe.training.trainer import build_strategy, resolve_topology
+
+    def strategy(*overrides):
+        return build_strategy(resolve_topology(to_typed(compose([f"trainer={trainer}", *overrides])).trainer, env={}))
+
+    assert strategy()._timeout == default_pg_timeout  # unset: torch's own default
+    assert strategy("trainer.process_group_timeout_s=90")._timeout == timedelta(seconds=90)
 
 
 def test_gpt2_124m_experiment_is_set_up_for_gpus():
