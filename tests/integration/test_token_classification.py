@@ -14,11 +14,12 @@ import pytest
 import torch
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
-from transformers import AutoModelForTokenClassification, BertTokenizerFast
+from transformers import AutoModelForTokenClassification, BertTokenizerFast, DataCollatorForTokenClassification
+from transformers import BertForTokenClassification as HFBertForTokenClassification
 from transformers import BertConfig as HFBertConfig
 from transformers import BertModel as HFBertModel
 
-from data_pipelines.token_classification import TokenClassificationExamples, read_tagged
+from data_pipelines.token_classification import TokenClassificationExamples, read_tagged, tag_names
 from gptframe.config import to_typed
 from gptframe.errors import ConfigError
 from gptframe.loading import load_model
@@ -172,6 +173,68 @@ def test_a_bert_directory_initialises_the_tagger_backbone(hf_bert_dir):
     mine = target.bert.state_dict()
     assert mine.keys() == {k for k in theirs if not k.startswith("pooler.")}
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.fixture(scope="module")
+def hf_tagger_dir(tmp_path_factory, hf_bert_dir, ner_data):
+    """A random transformers BertForTokenClassification without dropout, its labels in the data's (sorted) order."""
+    labels = tag_names(read_tagged(ner_data / "train.conll"))
+    config = HFBertConfig.from_pretrained(str(hf_bert_dir), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                          id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    directory = tmp_path_factory.mktemp("hf_tagger")
+    torch.manual_seed(1)
+    HFBertForTokenClassification(config).save_pretrained(str(directory))
+    BertTokenizerFast.from_pretrained(str(hf_bert_dir)).save_pretrained(str(directory))
+    return directory
+
+
+def _plain_loop(model_dir, ner_data, steps: int, lr: float, weight_decay: float) -> HFBertForTokenClassification:
+    """run_ner.py's recipe written with transformers and torch alone (as benchmarks/bench_token_classification.py's
+    reference arm): first-sub-token labels, AdamW without decay on vectors, cosine to 0, clipping at 1.0. The whole
+    training set is one batch, so the steps see the same data in any sampling order."""
+    tokenizer = BertTokenizerFast.from_pretrained(str(model_dir))
+    model = HFBertForTokenClassification.from_pretrained(str(model_dir)).train()
+    train = read_tagged(ner_data / "train.conll")
+    rows = []
+    for words, tags in zip(train.words, train.tags, strict=True):
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=48)
+        word_ids = enc.word_ids()
+        labels = [-100 if w is None or (i and word_ids[i - 1] == w) else model.config.label2id[tags[w]]
+                  for i, w in enumerate(word_ids)]
+        rows.append({**enc, "labels": labels})
+    batch = DataCollatorForTokenClassification(tokenizer)(rows)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    for _ in range(steps):
+        model(**batch).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+    return model
+
+
+def test_training_matches_a_plain_transformers_loop_step_by_step(tmp_path, cache_dir, hf_tagger_dir, ner_data):
+    """The optimisation against an independent reference: without dropout and with the training set as one batch
+    (nothing random left), gptframe's weights after 4 steps equal those of run_ner's recipe in plain transformers +
+    torch: the loss over first sub-tokens, the AdamW groups, the cosine schedule and clipping all agree."""
+    steps, lr = 4, 3e-3
+    summary = _train(tmp_path / "run", cache_dir, "task=token_classification", f"model.init_from={hf_tagger_dir}",
+                     *_data(ner_data), "data.batch_size=240", f"trainer.max_epochs={steps}", f"task.lr={lr}",
+                     "task.warmup_steps=0", "task.min_lr=0", "task.weight_decay=0.01", "task.max_seq_len=48",
+                     "trainer.enable_progress_bar=false")
+    assert summary["step"] == steps and len(read_tagged(ner_data / "train.conll")) == 240  # one batch per epoch
+    mine = load_model(summary["checkpoint"]).model.state_dict()
+    theirs = _plain_loop(hf_tagger_dir, ner_data, steps, lr, weight_decay=0.01).state_dict()
+    start = HFBertForTokenClassification.from_pretrained(str(hf_tagger_dir)).state_dict()
+    assert mine.keys() == theirs.keys()
+    tolerance = 2e-5
+    moved = max((theirs[k] - start[k]).abs().max().item() for k in theirs)
+    assert moved > 100 * tolerance  # AdamW moved weights by up to ~lr per step: far more than the tolerance
+    for key in mine:
+        torch.testing.assert_close(mine[key], theirs[key], atol=tolerance, rtol=0, msg=key)
 
 
 @pytest.mark.slow  # a training run and a gptframe-export process
