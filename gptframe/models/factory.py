@@ -71,10 +71,10 @@ def resolve_vocab_size(model, tokenizer):
     return dataclasses.replace(model, vocab_size=padded)
 
 
-def transfer_weights(source: nn.Module, target: nn.Module) -> str:
-    """Initialise `target` from `source`: the whole model when both are the same kind with the same shapes,
-    else the backbone (heads stay freshly initialised). Returns what was copied, for the log."""
-    if type(source) is type(target):
+def transfer_weights(source: nn.Module, target: nn.Module, heads: bool = True) -> str:
+    """Initialise `target` from `source`: the whole model when both are the same kind with the same shapes (and
+    `heads`: their label sets agree), else the backbone (heads stay freshly initialised). Returns what was copied."""
+    if type(source) is type(target) and heads:
         src, tgt = source.state_dict(), target.state_dict()
         if src.keys() == tgt.keys() and all(src[k].shape == tgt[k].shape for k in src):
             target.load_state_dict(src)

@@ -22,6 +22,7 @@ from gptframe.loading import LoadedModel, load_model
 from gptframe.models.factory import model_config_from_dict, transfer_weights
 from gptframe.registry import architecture_of
 from gptframe.tasks import TASKS
+from gptframe.tasks.base import TaskData
 from gptframe.training.checkpoints import CHECKPOINT_KEY, LAST, read_checkpoint_meta
 from gptframe.training.loggers import build_logger, finish_logger, logger_callbacks, scrub_secrets
 from gptframe.training.resume import resolve_resume  # trust (issue 11): newest complete checkpoint, logged
@@ -73,6 +74,17 @@ def resolve_source(cfg: TrainConfig, ckpt_path: Path | None) -> Source:
     return Source(model_config=model_cfg)
 
 
+def build_task_data(task_cls, cfg: TrainConfig, source: Source) -> TaskData:
+    """The task's data; labelled in the init model's order when it has the data's labels in another order, so its
+    head rows keep their meaning (as run_ner.py / run_glue.py take the model's label2id)."""
+    data = task_cls.build_data(cfg, source.tokenizer, source.model_config, source.labels)
+    theirs = source.init.labels if source.init is not None else None
+    if theirs and data.labels and theirs != data.labels and sorted(theirs) == sorted(data.labels):
+        log.info("init_from: labels in the init model's order %s", theirs)
+        data = task_cls.build_data(cfg, source.tokenizer, source.model_config, theirs)
+    return data
+
+
 def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = None) -> dict:
     t_start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -88,7 +100,7 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         task_cls.check_architecture(spec)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    data = task_cls.build_data(cfg, source.tokenizer, source.model_config, source.labels)
+    data = build_task_data(task_cls, cfg, source)
     tokenizer, model_cfg, datamodule, labels = data.tokenizer, data.model_config, data.datamodule, data.labels
     if source.resume_meta is not None:
         check_same_architecture(source.resume_meta["model_config"], model_cfg, ckpt_path)
@@ -122,7 +134,8 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         run_config=resolved,
     )
     if source.init is not None:
-        copied = transfer_weights(source.init.model, task.model)
+        # a labelled head is kept only under the same label names in the same order (build_task_data takes its order)
+        copied = transfer_weights(source.init.model, task.model, heads=source.init.labels in (None, labels))
         log.info("init_from: copied %s", copied)
     params = task.model.num_params()
     logger = build_logger(cfg.logger, run_dir, cfg.name, resolved)

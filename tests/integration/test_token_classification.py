@@ -237,6 +237,47 @@ def test_training_matches_a_plain_transformers_loop_step_by_step(tmp_path, cache
         torch.testing.assert_close(mine[key], theirs[key], atol=tolerance, rtol=0, msg=key)
 
 
+def _relabelled_tagger(source_dir, directory, order: list[int], names: list[str] | None = None):
+    """The tagger in `source_dir` with its labels (and head rows) in another order: the same model, label by label;
+    `names` renames them (another label set)."""
+    model = HFBertForTokenClassification.from_pretrained(str(source_dir))
+    old = model.config.id2label
+    labels = [old[i] for i in order] if names is None else names
+    model.config.id2label, model.config.label2id = dict(enumerate(labels)), {n: i for i, n in enumerate(labels)}
+    with torch.no_grad():
+        model.classifier.weight.copy_(model.classifier.weight[order])
+        model.classifier.bias.copy_(model.classifier.bias[order])
+    model.save_pretrained(str(directory))
+    BertTokenizerFast.from_pretrained(str(source_dir)).save_pretrained(str(directory))
+    return model.eval()
+
+
+@pytest.mark.parametrize("renamed", [False, True])
+def test_an_init_model_with_the_data_labels_keeps_its_head_in_any_label_order(tmp_path, cache_dir, hf_tagger_dir,
+                                                                             ner_data, renamed):
+    """A tagger whose id2label lists the data's tags in another order keeps its head, each row under its own tag (as
+    run_ner.py takes the model's label order); one with other tags gets a new head rather than rows under wrong names."""
+    n = len(HFBertForTokenClassification.from_pretrained(str(hf_tagger_dir)).config.id2label)
+    order = list(reversed(range(n)))
+    names = [f"B-T{i}" for i in range(n)] if renamed else None
+    theirs = _relabelled_tagger(hf_tagger_dir, tmp_path / "hf", order, names)
+    summary = _train(tmp_path / "run", cache_dir, "task=token_classification", f"model.init_from={tmp_path / 'hf'}",
+                     *_data(ner_data), "data.batch_size=240", "trainer.max_epochs=1", "task.lr=1e-12",
+                     "task.max_seq_len=48", "trainer.enable_progress_bar=false")
+    mine = load_model(summary["checkpoint"])
+    batch = TokenClassificationExamples.build(mine.tokenizer, read_tagged(ner_data / "val.jsonl"), mine.labels,
+                                              48)[list(range(8))]
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    with torch.no_grad():
+        my_logits, their_logits = mine.model(**inputs), theirs(**inputs).logits
+    if renamed:  # the data's own tags, sorted, and a freshly initialised head
+        assert mine.labels == tag_names(read_tagged(ner_data / "train.conll"))
+        assert not torch.allclose(mine.model.classifier.weight, theirs.classifier.weight, atol=1e-3)
+    else:  # every tag's logit is the one the Hugging Face model gives that tag
+        by_name = [theirs.config.label2id[name] for name in mine.labels]
+        torch.testing.assert_close(my_logits, their_logits[..., by_name], atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow  # a training run and a gptframe-export process
 def test_fine_tunes_from_a_hugging_face_directory_and_exports(tmp_path, cache_dir, hf_bert_dir, ner_data):
     summary = _train(tmp_path / "run", cache_dir, *FINETUNE, "trainer.max_epochs=1", f"model.init_from={hf_bert_dir}",
