@@ -18,5 +18,9 @@ fi
 trainer=(trainer=ddp)
 for arg in "$@"; do [[ "$arg" == trainer=* ]] && trainer=(); done
 
+# A fresh rendezvous store for each restart (--max-restarts): torch 2.13 shares one store across restarts by
+# default, where a restarted rank can read a dead rank's address and fail, or hang, connecting its process group.
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE="${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}"
+
 exec "${TORCHRUN:-torchrun}" --standalone --nproc-per-node="$NPROC" ${TORCHRUN_ARGS:-} \
     -m gptframe.cli.train "${trainer[@]}" "$@"
