@@ -6,6 +6,7 @@ Both arms use the same sentences, epochs, batch size, max length (run_ner.py's t
 on matrices only, betas, eps), gradient clipping at 1.0, and the same schedule (cosine to 0 over all steps, as
 transformers' get_cosine_schedule_with_warmup and gptframe's WarmupCosine), and evaluate after every epoch (an HF
 Trainer's eval_strategy="epoch"). Runs one after the other on the same CPU threads: the machine's load is recorded.
+A third arm is the plain loop with fused AdamW (the HF Trainer's default optimizer, and gptframe's on CPU and CUDA).
 
     python benchmarks/bench_token_classification.py [--epochs 2] [--batch-size 32] [--lr 1e-4] [--max-seq-len 64]
 
@@ -83,8 +84,9 @@ def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
     return [[r[0] for r in b] for b in rows], [[r[-1] for r in b] for b in rows]
 
 
-def run_plain(args, train: Path, val: Path) -> dict:
-    """run_ner.py's recipe as a plain PyTorch loop (what a user writes without a framework)."""
+def run_plain(args, train: Path, val: Path, fused: bool = False) -> dict:
+    """run_ner.py's recipe as a plain PyTorch loop (what a user writes without a framework). fused: AdamW as one
+    kernel (torch's default on CPU is a per-tensor loop; the HF Trainer's default optimizer is adamw_torch_fused)."""
     import numpy as np
     import torch
     from seqeval.metrics import f1_score, precision_score, recall_score
@@ -123,7 +125,7 @@ def run_plain(args, train: Path, val: Path) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                                  lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
+                                  lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
     total = args.epochs * len(loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
 
@@ -169,7 +171,8 @@ def main() -> None:
     train, val, n_train, n_val = split_data(args.out, args.val_fraction)
     rows, load = {}, {"before": os.getloadavg()[0]}
     for name, arm in (("gptframe", lambda: run_gptframe(args, train, val, args.out)),
-                      ("plain transformers loop", lambda: run_plain(args, train, val))):
+                      ("plain transformers loop", lambda: run_plain(args, train, val)),
+                      ("plain loop, fused AdamW", lambda: run_plain(args, train, val, fused=True))):
         with CpuWatch() as watch:  # the cores other processes used meanwhile: the load each arm ran under
             rows[name] = arm()
         rows[name]["other_cpu"] = {k: v for k, v in watch.summary().items() if k != "others"}
