@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -80,6 +81,7 @@ def build_sets(n_train: int, n_val: int, context_chars: int, out: Path) -> tuple
 
 
 def gptframe_arm(args, train: Path, val: Path, out: Path) -> dict:
+    shutil.rmtree(out, ignore_errors=True)  # else resume=auto would continue an earlier run's last.ckpt
     cmd = [str(BIN / "gptframe-train"), f"hydra.run.dir={out}", "task=question_answering",
            f"model.init_from={MINILM}", f"data.train_path={train}", f"data.val_path={val}", f"seed={args.seed}",
            f"task.max_seq_len={args.max_seq_len}", f"task.doc_stride={args.doc_stride}", f"task.lr={args.lr}",

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -62,6 +63,7 @@ def split_data(out: Path, val_fraction: float) -> tuple[Path, Path, int, int]:
 
 def run_gptframe(args, train: Path, val: Path, out: Path) -> dict:
     run_dir = out / "gptframe"
+    shutil.rmtree(run_dir, ignore_errors=True)  # else resume=auto would continue an earlier run's last.ckpt
     cmd = [str(BIN / "gptframe-train"), f"hydra.run.dir={run_dir}", "task=token_classification",
            f"model.init_from={minilm_dir()}", f"data.train_path={train}", f"data.val_path={val}",
            f"trainer.max_epochs={args.epochs}", f"data.batch_size={args.batch_size}", f"task.lr={args.lr}",
@@ -84,9 +86,11 @@ def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
     return [[r[0] for r in b] for b in rows], [[r[-1] for r in b] for b in rows]
 
 
-def run_plain(args, train: Path, val: Path, fused: bool = False) -> dict:
+def run_plain(args, train: Path, val: Path, fused: bool = False, gptframe_batches: bool = False) -> dict:
     """run_ner.py's recipe as a plain PyTorch loop (what a user writes without a framework). fused: AdamW as one
-    kernel (torch's default on CPU is a per-tensor loop; the HF Trainer's default optimizer is adamw_torch_fused)."""
+    kernel (torch's default on CPU is a per-tensor loop; the HF Trainer's default optimizer is adamw_torch_fused).
+    gptframe_batches: gptframe's batches (its EpochBatchSampler: a seeded permutation per epoch, the last batch
+    filled up from the epoch's start) instead of a shuffling DataLoader's (whose last batch holds the remainder)."""
     import numpy as np
     import torch
     from seqeval.metrics import f1_score, precision_score, recall_score
@@ -119,6 +123,12 @@ def run_plain(args, train: Path, val: Path, fused: bool = False) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     loader = torch.utils.data.DataLoader(train_rows, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                                          generator=generator)
+    per_epoch = len(loader)
+    if gptframe_batches:
+        from data_pipelines.classification import EpochBatchSampler
+
+        batches = iter(EpochBatchSampler(len(train_rows), args.batch_size, args.seed))
+        loader = [collate([train_rows[i] for i in next(batches)]) for _ in range(per_epoch * args.epochs)]
     val_loader = torch.utils.data.DataLoader(val_rows, batch_size=args.batch_size, collate_fn=collate)
     model = BertForTokenClassification.from_pretrained(
         str(minilm_dir()), num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id)
@@ -126,7 +136,7 @@ def run_plain(args, train: Path, val: Path, fused: bool = False) -> dict:
     optimizer = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": args.weight_decay},
                                    {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
-    total = args.epochs * len(loader)
+    total = args.epochs * per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
 
     def evaluate() -> dict:
@@ -143,8 +153,8 @@ def run_plain(args, train: Path, val: Path, fused: bool = False) -> dict:
                 "recall": recall_score(gold, predicted)}
 
     model.train()
-    for _ in range(args.epochs):
-        for batch in loader:
+    for epoch in range(args.epochs):
+        for batch in (loader[epoch * per_epoch : (epoch + 1) * per_epoch] if gptframe_batches else loader):
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -167,12 +177,17 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_token_classification")
     parser.add_argument("--report", default="token_classification-minilm-wnut17", help="benchmarks/results/REPORT.json")
+    parser.add_argument("--arms", default="gptframe,plain,fused",
+                        help="comma-separated, in order: gptframe, plain, fused, gptframe-batches")
     args = parser.parse_args()
     train, val, n_train, n_val = split_data(args.out, args.val_fraction)
     rows, load = {}, {"before": os.getloadavg()[0]}
-    for name, arm in (("gptframe", lambda: run_gptframe(args, train, val, args.out)),
-                      ("plain transformers loop", lambda: run_plain(args, train, val)),
-                      ("plain loop, fused AdamW", lambda: run_plain(args, train, val, fused=True))):
+    arms = {"gptframe": ("gptframe", lambda: run_gptframe(args, train, val, args.out)),
+            "plain": ("plain transformers loop", lambda: run_plain(args, train, val)),
+            "fused": ("plain loop, fused AdamW", lambda: run_plain(args, train, val, fused=True)),
+            "gptframe-batches": ("plain loop, gptframe's batches",
+                                 lambda: run_plain(args, train, val, gptframe_batches=True))}
+    for name, arm in (arms[key] for key in args.arms.split(",")):
         with CpuWatch() as watch:  # the cores other processes used meanwhile: the load each arm ran under
             rows[name] = arm()
         rows[name]["other_cpu"] = {k: v for k, v in watch.summary().items() if k != "others"}

@@ -7,7 +7,8 @@ Both sides train the same model on the same data with the same optimizer, on the
 * data: the prepared char-level Tiny Shakespeare train split (`data_pipelines.prepare.prepare`, `.tokens("train")`
   memmap); the plain loop draws batches of 12 random blocks nanoGPT-style (`torch.randint` offsets, `torch.stack` of
   memmap slices); the framework uses its own sampler / dataset / DataLoader;
-* optimizer: AdamW(lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on `decay_param_groups`), the same
+* optimizer: fused AdamW (what gptframe uses on CPU and CUDA; lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on
+  `decay_param_groups`), the same
   `WarmupCosine` schedule (warmup 100, decay to 1e-4 at 2000) through `LambdaLR`, grad-norm clipping at 1.0 with
   `torch.nn.utils.clip_grad_norm_`.
 
@@ -110,7 +111,7 @@ def plain_worker(steps: int, warmup: int, cache_dir: str) -> dict:
     )
     model = GPT(config)
     model.train()
-    optimizer = torch.optim.AdamW(decay_param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99), eps=1e-8)
+    optimizer = torch.optim.AdamW(decay_param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.99), eps=1e-8, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(100, 2000, 1e-3, 1e-4))
 
     def get_batch() -> tuple[torch.Tensor, torch.Tensor]:  # nanoGPT's get_batch
