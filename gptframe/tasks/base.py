@@ -15,7 +15,7 @@ import torch
 from gptframe.config import OptimizerSchedule
 from gptframe.models.factory import build_model, model_config_from_dict
 from gptframe.training.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_KEY
-from gptframe.training.optim import decay_param_groups
+from gptframe.training.optim import decay_param_groups, loss_scaler
 from gptframe.training.parallelize import parallelize
 
 
@@ -160,8 +160,10 @@ class TrainingTask(L.LightningModule):
             betas=tuple(t.betas),
             eps=t.eps,
             # one kernel for all parameters, as the HF Trainer's default adamw_torch_fused: on CPU ~8 ms per step
-            # for a 22M-parameter BERT against ~60 ms for torch's default per-tensor loop (RESULTS.md section 10)
-            fused=self.device.type in ("cuda", "cpu"),
+            # for a 22M-parameter BERT against ~60 ms for torch's default per-tensor loop (RESULTS.md section 10).
+            # Not under fp16's loss scaler: a fused step unscales the gradients itself, so Lightning would leave them
+            # scaled for clipping and the non-finite check
+            fused=self.device.type in ("cuda", "cpu") and loss_scaler(self._trainer) is None,
         )
         schedule = WarmupCosine(t.warmup_steps, t.lr_decay_steps or self.max_steps, t.lr, t.min_lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

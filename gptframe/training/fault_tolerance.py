@@ -2,7 +2,7 @@
 
 Before every optimizer step (after backward, before clipping and the update) `NonFiniteGuard` checks the step's
 loss and gradient norm (one boolean all-reduced over the ranks, so sharded gradients are covered and every rank
-decides alike). On a fault:
+decides alike); under fp16's loss scaler only the loss, since the scaler itself skips updates with inf gradients. On a fault:
 - `trainer.nonfinite_policy=stop` (default): the run stops with a NonFiniteError naming the step; no checkpoint is
   written after the fault, so the newest checkpoint is the last good state (and `resume=auto` continues from it).
 - `trainer.nonfinite_policy=skip`: the update is skipped (gradients dropped, so AdamW changes neither weights nor
@@ -23,10 +23,12 @@ import lightning as L
 import torch
 
 from gptframe.errors import UserInputError
+from gptframe.training.optim import loss_scaler
 
 log = logging.getLogger("gptframe")
 
 POLICIES = ("stop", "skip")
+MIN_LOSS_SCALE = 1.0  # an fp16 loss scale below 1 means gradients overflow (or are NaN) even unscaled
 INJECT_ENV = "GPTFRAME_TEST_NAN_GRAD_AT_STEPS"
 
 
@@ -59,7 +61,17 @@ class NonFiniteGuard(L.Callback):
             _local(param.grad).view(-1)[0] = math.nan
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = [_local(p.grad) for p in pl_module.parameters() if p.grad is not None]
+        # fp16's loss scaler makes inf gradients on purpose (a scale too high): it skips that update and lowers the
+        # scale itself, so under it only the loss is checked, and the scale (gradients that stay non-finite however
+        # low the scale goes drive it towards 0, every update skipped)
+        scaler = loss_scaler(trainer)
+        if scaler is not None and scaler.get_scale() < MIN_LOSS_SCALE:
+            raise NonFiniteError(
+                f"step {trainer.global_step + 1}: the fp16 loss scale fell to {scaler.get_scale():g} (below "
+                f"{MIN_LOSS_SCALE:g}): the gradients stay non-finite unscaled, so the scaler skips every update; "
+                "lower task.lr, check the data, or use trainer.precision=bf16-mixed"
+            )
+        grads = [] if scaler is not None else [_local(p.grad) for p in pl_module.parameters() if p.grad is not None]
         norms = torch._foreach_norm(grads) if grads else []  # one fused kernel per dtype/device, as clip_grad_norm_
         grad_finite = torch.isfinite(torch.stack(norms).sum()) if norms else torch.tensor(True)
         loss_finite = self._loss_finite if self._loss_finite is not None else torch.tensor(True)

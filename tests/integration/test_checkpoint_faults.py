@@ -96,6 +96,51 @@ def test_skip_policy_skips_up_to_n_updates_then_stops(tmp_path, cache_dir, monke
         _train(tmp_path / "stop", cache_dir, *skip)
 
 
+def _fit_under_fp16_scaler(cache_dir, scaler: torch.amp.GradScaler, steps: int):
+    """A tiny clm run under 16-mixed (a GPU's fp16; here its CPU form) with `scaler`, the guard set to stop.
+    Returns the trainer and the task."""
+    import dataclasses
+
+    import lightning as L
+    from lightning.pytorch.plugins import MixedPrecision
+
+    from gptframe.tasks import TASKS
+    from gptframe.training.fault_tolerance import NonFiniteGuard
+    from gptframe.training.run import build_task_data, resolve_source
+
+    cfg = to_typed(compose([*TINY_RUN, f"data.cache_dir={cache_dir}", "task.warmup_steps=0"]))
+    task_cls = TASKS[cfg.task.name]
+    data = build_task_data(task_cls, cfg, resolve_source(cfg, None))
+    task = task_cls(model_config=dataclasses.asdict(data.model_config), task_config=dataclasses.asdict(cfg.task),
+                    max_steps=steps, tokenizer_files=data.tokenizer.to_files(), labels=None, run_config={})
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, plugins=[MixedPrecision("16-mixed", "cpu", scaler)],
+                        callbacks=[NonFiniteGuard("stop")], gradient_clip_val=1.0, log_every_n_steps=1, logger=False,
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False)
+    trainer.fit(task, datamodule=data.datamodule)
+    return trainer, task
+
+
+def test_fp16_loss_scaler_overflows_are_skipped_not_faults(cache_dir):
+    """A loss scale too high gives inf gradients on purpose; the scaler skips those updates and lowers the scale. The
+    guard leaves them to it, the optimizer is not fused (a fused step unscales only inside, leaving clipping with
+    scaled gradients), and clipping sees the true norm."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40, backoff_factor=2.0**-16)  # overflows at first
+    trainer, task = _fit_under_fp16_scaler(cache_dir, scaler, steps=6)  # before: NonFiniteError at step 1
+    assert trainer.global_step == 6 and scaler.get_scale() < 2.0**40  # the scaler met overflows and lowered its scale
+    assert not trainer.optimizers[0].defaults["fused"]
+    assert 0 < float(trainer.callback_metrics["train/grad_norm"]) < 1e3  # unscaled: a scaled norm is ~2**8 or more
+    assert all(torch.isfinite(p).all() for p in task.parameters())
+
+
+def test_fp16_gradients_non_finite_at_any_scale_stop_the_run(cache_dir, monkeypatch):
+    """A real fault under the scaler (NaN gradients every step) would have it skip every update while its scale falls
+    towards 0: once the scale is below 1 the run stops, naming the step."""
+    monkeypatch.setenv(INJECT_ENV, "1,2,3,4,5,6")
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)  # halves at each skipped step: 4, 2, 1, then 0.5
+    with pytest.raises(NonFiniteError, match=r"step 4: the fp16 loss scale fell to 0.5 \(below 1\)"):
+        _fit_under_fp16_scaler(cache_dir, scaler, steps=6)
+
+
 def test_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
     path = tmp_path / "last.ckpt"
     io_plugin = SafeCheckpointIO()
