@@ -74,7 +74,7 @@ class TokenClassificationTask(TrainingTask):
         context = context_length(model_config)
         max_len = min(task.max_seq_len or context, context)  # the default 128 on a shorter model: its context
         train = read_tagged(data.train_path, labels)
-        val = read_tagged(data.val_path, labels or tag_names(train))
+        val = read_tagged(data.val_path, tag_names(train))  # integer tags index the sorted training tags
         scheme = detect_scheme(_joined(train, val))  # one scheme across both files, or an error naming two lines
         if task.mode == "strict" and task.scheme != scheme:
             raise ConfigError(f"task.mode=strict reads entities under task.scheme={task.scheme}, but the data is "

@@ -74,6 +74,15 @@ def resolve_source(cfg: TrainConfig, ckpt_path: Path | None) -> Source:
     return Source(model_config=model_cfg)
 
 
+def keeps_head(theirs: list[str] | None, ours: list[str] | None) -> bool:
+    """An init model's labelled head carries over under the same label names in the same order (build_task_data
+    takes its order), or when its labels are transformers' placeholders LABEL_0, LABEL_1, ... (unnamed: by position,
+    as run_glue.py / run_ner.py keep them)."""
+    if theirs is None or theirs == ours:
+        return True
+    return theirs == [f"LABEL_{i}" for i in range(len(theirs))]
+
+
 def build_task_data(task_cls, cfg: TrainConfig, source: Source) -> TaskData:
     """The task's data; labelled in the init model's order when it has the data's labels in another order, so its
     head rows keep their meaning (as run_ner.py / run_glue.py take the model's label2id)."""
@@ -134,9 +143,10 @@ def run_training(cfg: TrainConfig, run_dir: Path, raw_cfg: DictConfig | None = N
         run_config=resolved,
     )
     if source.init is not None:
-        # a labelled head is kept only under the same label names in the same order (build_task_data takes its order)
-        copied = transfer_weights(source.init.model, task.model, heads=source.init.labels in (None, labels))
-        log.info("init_from: copied %s", copied)
+        heads = keeps_head(source.init.labels, labels)
+        copied = transfer_weights(source.init.model, task.model, heads=heads)
+        why = "" if heads else f" (its labels {source.init.labels} are not the data's)"
+        log.info("init_from: copied %s%s", copied, why)
     params = task.model.num_params()
     logger = build_logger(cfg.logger, run_dir, cfg.name, resolved)
     trainer, parts = build_trainer(

@@ -252,14 +252,16 @@ def _relabelled_tagger(source_dir, directory, order: list[int], names: list[str]
     return model.eval()
 
 
-@pytest.mark.parametrize("renamed", [False, True])
+@pytest.mark.parametrize("labels", ["reordered", "placeholders", "other"])
 def test_an_init_model_with_the_data_labels_keeps_its_head_in_any_label_order(tmp_path, cache_dir, hf_tagger_dir,
-                                                                             ner_data, renamed):
+                                                                             ner_data, labels):
     """A tagger whose id2label lists the data's tags in another order keeps its head, each row under its own tag (as
-    run_ner.py takes the model's label order); one with other tags gets a new head rather than rows under wrong names."""
+    run_ner.py takes the model's label order); with transformers' placeholders LABEL_i it keeps it by position; one
+    with other tags gets a new head rather than rows under wrong names."""
     n = len(HFBertForTokenClassification.from_pretrained(str(hf_tagger_dir)).config.id2label)
-    order = list(reversed(range(n)))
-    names = [f"B-T{i}" for i in range(n)] if renamed else None
+    order = list(reversed(range(n))) if labels == "reordered" else list(range(n))
+    names = {"reordered": None, "placeholders": [f"LABEL_{i}" for i in range(n)],
+             "other": [f"B-T{i}" for i in range(n)]}[labels]
     theirs = _relabelled_tagger(hf_tagger_dir, tmp_path / "hf", order, names)
     summary = _train(tmp_path / "run", cache_dir, "task=token_classification", f"model.init_from={tmp_path / 'hf'}",
                      *_data(ner_data), "data.batch_size=240", "trainer.max_epochs=1", "task.lr=1e-12",
@@ -270,9 +272,12 @@ def test_an_init_model_with_the_data_labels_keeps_its_head_in_any_label_order(tm
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     with torch.no_grad():
         my_logits, their_logits = mine.model(**inputs), theirs(**inputs).logits
-    if renamed:  # the data's own tags, sorted, and a freshly initialised head
+    if labels == "other":  # the data's own tags, sorted, and a freshly initialised head
         assert mine.labels == tag_names(read_tagged(ner_data / "train.conll"))
         assert not torch.allclose(mine.model.classifier.weight, theirs.classifier.weight, atol=1e-3)
+    elif labels == "placeholders":  # unnamed: the data's sorted tags, the head row by row
+        assert mine.labels == tag_names(read_tagged(ner_data / "train.conll"))
+        torch.testing.assert_close(my_logits, their_logits, atol=1e-4, rtol=0)
     else:  # every tag's logit is the one the Hugging Face model gives that tag
         by_name = [theirs.config.label2id[name] for name in mine.labels]
         torch.testing.assert_close(my_logits, their_logits[..., by_name], atol=1e-4, rtol=0)
