@@ -49,8 +49,8 @@ def build_export(directory: Path) -> Path:
     from data_pipelines import TINY_SHAKESPEARE
     from data_pipelines.tokenizers import SentencePieceTokenizer
     from gptframe.interop.hf import export_model
-    from gptframe.models.gpt import GPT, GPTConfig
     from gptframe.loading import LoadedModel
+    from gptframe.models.gpt import GPT, GPTConfig
 
     lines = TINY_SHAKESPEARE.read_text(encoding="utf-8").splitlines()
     tokenizer = SentencePieceTokenizer.train(lambda: lines, vocab_size=2048)

@@ -15,8 +15,8 @@ import torch
 from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
 from seqeval.scheme import IOB2
 from transformers import AutoModelForTokenClassification, BertTokenizerFast, DataCollatorForTokenClassification
-from transformers import BertForTokenClassification as HFBertForTokenClassification
 from transformers import BertConfig as HFBertConfig
+from transformers import BertForTokenClassification as HFBertForTokenClassification
 from transformers import BertModel as HFBertModel
 
 from data_pipelines.token_classification import TokenClassificationExamples, read_tagged, tag_names
